@@ -1,0 +1,40 @@
+# The README's commands. `make demo` and `make test` set up a fresh Debian
+# machine (scripts/setup) before they do anything else.
+export PATH := $(PATH):/usr/local/go/bin
+GO ?= go
+VERSION := $(shell git describe --always --dirty 2>/dev/null || echo devel)
+LDFLAGS := -X github.com/umlkit/umlkit/internal/cli.version=$(VERSION)
+
+.PHONY: all setup build demo test bench fuzz shim clean
+
+all: build
+
+setup:
+	./scripts/setup
+
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/umlkit ./cmd/umlkit
+
+demo: setup build
+	./bin/umlkit doctor
+	./bin/umlkit demo
+
+# Kernel tests must run here: a missing kernel fails them instead of
+# skipping them.
+test: setup
+	$(GO) vet ./...
+	UMLKIT_REQUIRE_KERNEL=1 $(GO) test -race -count=1 -timeout 20m ./...
+
+bench: setup build
+	./bench/run
+
+# Short fuzzing of every parser (the seeds also run in `make test`).
+fuzz:
+	./scripts/fuzz
+
+# Rebuild the xstate shim embedded in the binary (see internal/kernel/xstate/shim.c).
+shim:
+	gcc -O2 -shared -fPIC -Wall -Wextra -s -o internal/kernel/xstate/shim_amd64.so internal/kernel/xstate/shim.c
+
+clean:
+	rm -rf bin

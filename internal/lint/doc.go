@@ -1,0 +1,3 @@
+// Package lint holds tests of the repository's own rules, such as every
+// package having exactly one package comment.
+package lint

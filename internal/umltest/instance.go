@@ -1,0 +1,189 @@
+package umltest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/umlkit/umlkit/internal/console"
+	"github.com/umlkit/umlkit/internal/kernel"
+)
+
+// ReadyMarker is what the minimal image's init prints when it is up.
+const ReadyMarker = "umlkit-ready"
+
+// DefaultTimeout bounds waits for console output.
+const DefaultTimeout = 60 * time.Second
+
+// Options configures Boot.
+type Options struct {
+	// Umid names the instance; empty means one derived from the test name.
+	Umid string
+	// Root is the ubd0 argument; empty means a fresh COW file in the
+	// test's temp dir over the shared Image.
+	Root string
+	// Mem is the mem= value; empty means 64M.
+	Mem string
+	// Args are further kernel arguments (eth, ubd1, hostname=...).
+	Args []string
+	// NoWait returns from Boot at once instead of waiting for ReadyMarker.
+	NoWait bool
+}
+
+// Instance is a running kernel under test.
+type Instance struct {
+	t       testing.TB
+	cmd     *exec.Cmd
+	stdin   io.WriteCloser
+	Console *console.Console
+	Umid    string
+	UMLDir  string // the uml_dir given to the kernel, with trailing '/'
+	Args    []string
+	exited  chan struct{}
+	exit    error
+}
+
+// Boot starts the kernel and, unless opts.NoWait, waits for ReadyMarker.
+func Boot(t testing.TB, opts Options) *Instance {
+	t.Helper()
+	k := Kernel(t)
+	umid := opts.Umid
+	if umid == "" {
+		umid = sanitize(t.Name())
+	}
+	root := opts.Root
+	if root == "" {
+		root = filepath.Join(t.TempDir(), umid+".cow") + "," + Image(t)
+	}
+	mem := opts.Mem
+	if mem == "" {
+		mem = "64M"
+	}
+	dir := ShortDir(t) + "/"
+	args := append([]string{"ubd0=" + root, "mem=" + mem, "umid=" + umid,
+		"uml_dir=" + dir, "con=null", "ssl=null", "con0=fd:0,fd:1"}, opts.Args...)
+	cmd, err := k.Command(context.Background(), args...)
+	if err != nil {
+		t.Fatalf("umltest: %v", err)
+	}
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = cmd.Stdout
+	i := &Instance{t: t, cmd: cmd, stdin: in, Umid: umid, UMLDir: dir, Args: args, exited: make(chan struct{})}
+	t.Logf("umltest: %s %s", k.Path, strings.Join(args, " "))
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("umltest: start %s: %v", k.Path, err)
+	}
+	i.Console = console.New(out, in, func(line string) { t.Logf("%s| %s", umid, line) })
+	go func() {
+		<-i.Console.Done()
+		i.exit = cmd.Wait()
+		close(i.exited)
+	}()
+	t.Cleanup(i.kill)
+	if !opts.NoWait {
+		i.WaitFor(ReadyMarker, DefaultTimeout)
+	}
+	return i
+}
+
+func (i *Instance) kill() {
+	i.stdin.Close()
+	kernel.KillGroup(i.cmd)
+	<-i.exited
+}
+
+// PID is the kernel's main host process id.
+func (i *Instance) PID() int { return i.cmd.Process.Pid }
+
+// MconsolePath is the instance's mconsole socket.
+func (i *Instance) MconsolePath() string { return filepath.Join(i.UMLDir, i.Umid, "mconsole") }
+
+func (i *Instance) ctx(timeout time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), timeout)
+}
+
+// fail reports a console error, with the panic text when there was one.
+func (i *Instance) fail(what string, err error) {
+	i.t.Helper()
+	var pe *console.PanicError
+	switch {
+	case errors.As(err, &pe):
+		i.t.Fatalf("umltest: %s panicked %s: %s", i.Umid, what, pe.Text)
+	case errors.Is(err, console.ErrClosed):
+		<-i.exited
+		i.t.Fatalf("umltest: %s exited (%v) %s", i.Umid, i.exit, what)
+	default:
+		i.t.Fatalf("umltest: %s %s: %v", i.Umid, what, err)
+	}
+}
+
+// WaitFor waits for a console line containing marker and returns it. A
+// kernel panic, an exit, or the timeout fails the test.
+func (i *Instance) WaitFor(marker string, timeout time.Duration) string {
+	i.t.Helper()
+	ctx, cancel := i.ctx(timeout)
+	defer cancel()
+	line, err := i.Console.WaitFor(ctx, marker)
+	if err != nil {
+		i.fail(fmt.Sprintf("waiting for %q", marker), err)
+	}
+	return line
+}
+
+// Run runs a shell command line on the instance's console and returns its
+// output and exit status.
+func (i *Instance) Run(command string) (string, int) {
+	i.t.Helper()
+	ctx, cancel := i.ctx(DefaultTimeout)
+	defer cancel()
+	out, status, err := i.Console.Run(ctx, command)
+	if err != nil {
+		i.fail(fmt.Sprintf("running %q", command), err)
+	}
+	return out, status
+}
+
+// Send writes text to the console as typed input.
+func (i *Instance) Send(text string) {
+	i.t.Helper()
+	if err := i.Console.Send(text); err != nil {
+		i.t.Fatalf("umltest: write to %s console: %v", i.Umid, err)
+	}
+}
+
+// Poweroff shuts the guest down from inside and waits for the kernel to
+// exit; it fails the test unless the exit is clean (status 0).
+func (i *Instance) Poweroff() {
+	i.t.Helper()
+	i.Send("poweroff -f\n")
+	if err := i.Wait(DefaultTimeout); err != nil {
+		i.t.Fatalf("umltest: %s poweroff: %v", i.Umid, err)
+	}
+}
+
+// Wait waits for the kernel process to exit and returns its exit error, or
+// the panic when the kernel panicked.
+func (i *Instance) Wait(timeout time.Duration) error {
+	select {
+	case <-i.exited:
+	case <-time.After(timeout):
+		return fmt.Errorf("%s still running after %v", i.Umid, timeout)
+	}
+	if p := i.Console.Panic(); p != "" {
+		return &console.PanicError{Text: p}
+	}
+	return i.exit
+}
