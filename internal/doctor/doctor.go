@@ -85,7 +85,7 @@ func Run(ctx context.Context, h Host) *Report {
 	r.Checks = append(r.Checks, checkKernel(ctx, h))
 	mounts, _ := h.ReadFile("/proc/self/mountinfo")
 	r.Checks = append(r.Checks,
-		checkShm(mounts),
+		checkMemoryDir(mounts, memoryDir(os.Getenv)),
 		checkLibDir(h, mounts),
 		checkTun(h),
 		checkMkfs(ctx, h),
@@ -203,6 +203,33 @@ func noexec(m mount) bool {
 		}
 	}
 	return false
+}
+
+// memoryDir is where UML keeps guest memory: the first of $TMPDIR, $TMP,
+// $TEMP that is set, else /dev/shm.
+func memoryDir(getenv func(string) string) string {
+	for _, v := range []string{"TMPDIR", "TMP", "TEMP"} {
+		if d := getenv(v); d != "" {
+			return d
+		}
+	}
+	return "/dev/shm"
+}
+
+func checkMemoryDir(mounts []byte, dir string) Check {
+	if dir == "/dev/shm" {
+		return checkShm(mounts)
+	}
+	c := Check{Name: "memory dir", Required: true}
+	m, ok := mountOf(parseMounts(mounts), dir)
+	if ok && noexec(m) {
+		c.Status = Fail
+		c.Detail = fmt.Sprintf("UML keeps guest memory in %s ($TMPDIR or $TMP or $TEMP), which is on %s, mounted noexec", dir, m.point)
+		c.Fix = "unset TMPDIR TMP TEMP (UML then uses /dev/shm), or point TMPDIR at a filesystem without noexec"
+		return c
+	}
+	c.Status, c.Detail = OK, dir+" (from the environment), exec allowed"
+	return c
 }
 
 func checkShm(mounts []byte) Check {

@@ -92,3 +92,17 @@ func TestHostAllOK(t *testing.T) {
 		}
 	}
 }
+
+func TestMemoryDir(t *testing.T) {
+	env := map[string]string{"TMP": "/scratch"}
+	if got := memoryDir(func(k string) string { return env[k] }); got != "/scratch" {
+		t.Errorf("memoryDir(TMP=/scratch) = %q, want /scratch", got)
+	}
+	if got := memoryDir(func(string) string { return "" }); got != "/dev/shm" {
+		t.Errorf("memoryDir(no env) = %q, want /dev/shm", got)
+	}
+	mi := "22 1 0:21 / / rw shared:1 - ext4 /dev/vda rw\n31 22 0:30 / /scratch rw,noexec - tmpfs tmpfs rw\n"
+	if c := checkMemoryDir([]byte(mi), "/scratch/uml"); c.Status != Fail || !strings.Contains(c.Detail, "noexec") {
+		t.Errorf("checkMemoryDir(noexec /scratch) = %+v, want fail naming noexec", c)
+	}
+}
