@@ -34,6 +34,10 @@ type Options struct {
 	Args []string
 	// NoWait returns from Boot at once instead of waiting for ReadyMarker.
 	NoWait bool
+	// Netns runs the kernel in this named network namespace (see Netns).
+	Netns string
+	// Env adds environment variables (KEY=VALUE) for the kernel process.
+	Env []string
 }
 
 // Instance is a running kernel under test.
@@ -71,6 +75,17 @@ func Boot(t testing.TB, opts Options) *Instance {
 	cmd, err := k.Command(context.Background(), args...)
 	if err != nil {
 		t.Fatalf("umltest: %v", err)
+	}
+	cmd.Env = append(cmd.Env, opts.Env...)
+	if opts.Netns != "" {
+		ip, err := exec.LookPath("ip")
+		if err != nil {
+			t.Fatalf("umltest: %v", err)
+		}
+		// ip netns exec enters the namespace and execs the kernel in the
+		// same process, so the pid and process group stay the kernel's.
+		cmd.Args = append([]string{"ip", "netns", "exec", opts.Netns, k.Path}, args...)
+		cmd.Path = ip
 	}
 	in, err := cmd.StdinPipe()
 	if err != nil {
