@@ -22,7 +22,7 @@ const HelperVersion = "4"
 type helperLog struct{ strings.Builder }
 
 func (l *helperLog) did(format string, a ...any) { fmt.Fprintf(l, "* "+format+"\n", a...) }
-func (l *helperLog) fail(err error)               { fmt.Fprintf(l, "uml_net: %v\n", err) }
+func (l *helperLog) fail(err error)              { fmt.Fprintf(l, "uml_net: %v\n", err) }
 
 // RunHelper is umlkit as the kernel's uml_net helper. args are the
 // arguments after the program name; out is the helper's stdout, the socket
