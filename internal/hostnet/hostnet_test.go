@@ -164,3 +164,100 @@ func TestHelperRefusesForeignTap(t *testing.T) {
 		t.Error("changeAddr accepted a multicast address")
 	}
 }
+
+// bootOnTap starts an instance on the pre-created TAP tap in ns, with the
+// guest address addr/24 and its default route through gw.
+func bootOnTap(t *testing.T, ns, umid, tap, addr, gw string) *umltest.Instance {
+	t.Helper()
+	vm := umltest.Boot(t, umltest.Options{Umid: umid, Netns: ns, Args: []string{"eth0=tuntap," + tap, "hostname=" + umid}})
+	if out, st := vm.Run("ifconfig eth0 " + addr + " netmask 255.255.255.0 up && route add default gw " + gw); st != 0 {
+		t.Fatalf("%s: configure eth0: status %d\n%s", umid, st, out)
+	}
+	return vm
+}
+
+// Two instances on their own TAPs reach each other through the host's
+// routing once it forwards (the seed's router set-up).
+func TestRoutingBetweenInstances(t *testing.T) {
+	ns := umltest.Netns(t)
+	umltest.InNetns(t, ns, func() {
+		for _, tc := range []struct{ name, addr string }{{"umlt0", "10.9.6.254/24"}, {"umlt1", "10.9.7.254/24"}} {
+			if _, err := CreateTap(tc.name, TapOptions{Owner: -1, Group: -1, Addr: mustCIDR(t, tc.addr)}); err != nil {
+				t.Errorf("CreateTap(%s): %v", tc.name, err)
+			}
+		}
+	})
+	if t.Failed() {
+		return
+	}
+	vm1 := bootOnTap(t, ns, "r1", "umlt0", "10.9.6.1", "10.9.6.254")
+	vm2 := bootOnTap(t, ns, "r2", "umlt1", "10.9.7.1", "10.9.7.254")
+	umltest.Sh(t, ns, "echo 0 > /proc/sys/net/ipv4/ip_forward")
+	if _, st := vm1.Run("ping -c 1 -W 2 10.9.7.1"); st == 0 {
+		t.Fatal("r1 reached r2 with forwarding off; the test cannot tell routing from something else")
+	}
+	umltest.Sh(t, ns, "echo 1 > /proc/sys/net/ipv4/ip_forward")
+	if out, st := vm1.Run("ping -c 2 -W 5 10.9.7.1"); st != 0 {
+		t.Errorf("r1 -> r2 through the host: status %d\n%s", st, out)
+	}
+	if out, st := vm2.Run("ping -c 2 -W 5 10.9.6.1"); st != 0 {
+		t.Errorf("r2 -> r1 through the host: status %d\n%s", st, out)
+	}
+}
+
+// NAT: an instance reaches an address in another namespace, which has no
+// route back to the instance, only through the host's masquerade; after
+// removal nothing of umlkit's is left in nftables.
+func TestNAT(t *testing.T) {
+	host, far := umltest.Netns(t), umltest.Netns(t)
+	umltest.Sh(t, host, "ip link add umlv0 type veth peer name umlv1 && ip link set umlv1 netns "+far+
+		" && ip addr add 10.200.0.1/24 dev umlv0 && ip link set umlv0 up")
+	umltest.Sh(t, far, "ip addr add 10.200.0.2/24 dev umlv1 && ip link set umlv1 up")
+	lan := mustCIDR(t, "10.9.5.0/24")
+	umltest.InNetns(t, host, func() {
+		if _, err := CreateTap("umlt0", TapOptions{Owner: -1, Group: -1, Addr: mustCIDR(t, "10.9.5.254/24")}); err != nil {
+			t.Errorf("CreateTap: %v", err)
+		}
+	})
+	if t.Failed() {
+		return
+	}
+	vm := bootOnTap(t, host, "nat1", "umlt0", "10.9.5.1", "10.9.5.254")
+	umltest.Sh(t, host, "echo 1 > /proc/sys/net/ipv4/ip_forward")
+	if _, st := vm.Run("ping -c 1 -W 2 10.200.0.2"); st == 0 {
+		t.Fatal("the far namespace answered without NAT; it must have no route back")
+	}
+	umltest.InNetns(t, host, func() {
+		if err := EnableNAT(lan, "umlv0"); err != nil {
+			t.Errorf("EnableNAT: %v", err)
+		}
+		if err := EnableNAT(lan, "umlv0"); err != nil {
+			t.Errorf("EnableNAT again: %v", err)
+		}
+		if rules, err := ListNAT(); err != nil || len(rules) != 1 || rules[0] != (NATRule{From: "10.9.5.0/24", Out: "umlv0"}) {
+			t.Errorf("ListNAT() = %+v, %v; want one rule for 10.9.5.0/24 out umlv0", rules, err)
+		}
+	})
+	if out, st := vm.Run("ping -c 2 -W 5 10.200.0.2"); st != 0 {
+		t.Errorf("instance -> far namespace through NAT: status %d\n%s", st, out)
+	}
+	umltest.InNetns(t, host, func() {
+		if err := DisableNAT(lan, "umlv0"); err != nil {
+			t.Errorf("DisableNAT: %v", err)
+		}
+		c, err := nftConn()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		tables, _ := c.ListTables()
+		for _, tb := range tables {
+			if tb.Name == NATTable {
+				t.Errorf("nftables table %s left after DisableNAT", NATTable)
+			}
+		}
+	})
+	if _, st := vm.Run("ping -c 1 -W 2 10.200.0.2"); st == 0 {
+		t.Error("the far namespace still answers after DisableNAT")
+	}
+}
