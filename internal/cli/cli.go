@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"sort"
 
@@ -37,7 +38,9 @@ type Tool struct {
 // Tools lists the programs umlkit can be invoked as. Install a link named
 // after one (for example ln -s umlkit uml_mkcow) to get that tool.
 func Tools() map[string]Tool {
-	ts := []Tool{}
+	ts := []Tool{
+		umlNetTool(),
+	}
 	m := make(map[string]Tool, len(ts))
 	for _, t := range ts {
 		m[t.Name] = t
@@ -47,6 +50,12 @@ func Tools() map[string]Tool {
 
 // Main runs umlkit with argv (argv[0] included) and returns the exit status.
 func Main(ctx context.Context, argv []string, stdio IO) int {
+	if os.Geteuid() != os.Getuid() {
+		// Installed setuid root as the kernel's uml_net helper, umlkit does
+		// nothing else, whatever name it was started under: argv[0] is the
+		// caller's to choose.
+		return umlNetTool().Run(ctx, argv[min(1, len(argv)):], stdio)
+	}
 	return run(ctx, argv, stdio, Tools())
 }
 
@@ -104,6 +113,8 @@ network lab: copy-on-write disks, a switch, images, and Netkit/Kathara labs.`,
 		newDoctorCmd(stdio),
 		newDemoCmd(stdio),
 		newToolsCmd(stdio),
+		newTapCmd(stdio),
+		newNetCmd(stdio),
 	)
 	addGroups(root)
 	return root

@@ -83,3 +83,21 @@ func TestDoctorJSON(t *testing.T) {
 		t.Errorf("doctor exit status %d does not match healthy=%v", code, r.Healthy)
 	}
 }
+
+func TestTapAndNatFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"tap", "create", "a234567890123456"}, "at most 15"},
+		{[]string{"tap", "create", "t0", "--ip", "10.0.0.1"}, "prefix length"},
+		{[]string{"tap", "create", "t0", "--owner", "no-such-user-here"}, "no such user"},
+		{[]string{"net", "nat"}, "--from CIDR is required"},
+		{[]string{"net", "nat", "--from", "banana"}, "want a network"},
+	} {
+		_, errOut, code := runArgs(t, nil, append([]string{"umlkit"}, tc.args...)...)
+		if code != 1 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("umlkit %v = %q, %d; want exit 1 and %q", tc.args, errOut, code, tc.want)
+		}
+	}
+}

@@ -94,6 +94,7 @@ func Run(ctx context.Context, h Host) *Report {
 		checkTool(h, "uml-utilities", []string{"uml_switch", "uml_mkcow", "uml_moo", "uml_mconsole"}, "uml-utilities", false, "to check interoperability with the classic tools"),
 		checkTool(h, "vde2", []string{"vde_switch", "vde_plug"}, "vde2", false, "to connect VDE clients and compare switches"),
 		checkRuntime(h),
+		checkUmlNet(h),
 	)
 	return r
 }
@@ -374,4 +375,50 @@ func checkRuntime(h Host) Check {
 	c.Detail = fmt.Sprintf("%s (writable; socket paths fit: %d of %d bytes used)", dir,
 		len(filepath.Clean(dir))+1+hostdirs.SocketNameRoom, hostdirs.MaxSocketPath)
 	return c
+}
+
+// checkUmlNet says which uml_net the kernel would run for
+// ethN=tuntap,,MAC,HOST_IP (it searches PATH, then /usr/lib/uml) and how to
+// make it umlkit's.
+func checkUmlNet(h Host) Check {
+	c := Check{Name: "uml_net helper", Required: false,
+		Fix: "install -o root -g uml-net -m 4754 $(command -v umlkit) /usr/local/bin/uml_net (members of group uml-net may then use ethN=tuntap,,MAC,HOST_IP)"}
+	p, err := h.LookPath("uml_net")
+	if err != nil {
+		if _, err := h.Stat("/usr/lib/uml/uml_net"); err == nil {
+			p = "/usr/lib/uml/uml_net"
+		}
+	}
+	if p == "" {
+		c.Status, c.Detail = Warn, "none on PATH or in /usr/lib/uml (optional: TAP devices made at boot, ethN=tuntap,,MAC,HOST_IP)"
+		return c
+	}
+	self, _ := os.Executable()
+	if sameFile(p, self) {
+		c.Status, c.Detail, c.Fix = OK, p+" is umlkit", ""
+		return c
+	}
+	c.Status = OK
+	c.Detail = p + " (the classic helper; to use umlkit's, which needs no ifconfig, route or arp: " + c.Fix + ")"
+	c.Fix = ""
+	return c
+}
+
+// sameFile reports whether a and b are the same file or have the same
+// content (a setuid copy of the binary).
+func sameFile(a, b string) bool {
+	sa, err1 := os.Stat(a)
+	sb, err2 := os.Stat(b)
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	if os.SameFile(sa, sb) {
+		return true
+	}
+	if sa.Size() != sb.Size() {
+		return false
+	}
+	ba, err1 := os.ReadFile(a)
+	bb, err2 := os.ReadFile(b)
+	return err1 == nil && err2 == nil && bytes.Equal(ba, bb)
 }
