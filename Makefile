@@ -13,7 +13,7 @@ setup:
 	./scripts/setup
 
 build:
-	$(GO) build -ldflags '$(LDFLAGS)' -o bin/umlkit ./cmd/umlkit
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/umlkit ./cmd/umlkit
 
 demo: setup build
 	./bin/umlkit doctor

@@ -40,6 +40,7 @@ type Tool struct {
 func Tools() map[string]Tool {
 	ts := []Tool{
 		umlNetTool(),
+		guestInitTool(),
 	}
 	m := make(map[string]Tool, len(ts))
 	for _, t := range ts {
@@ -115,6 +116,7 @@ network lab: copy-on-write disks, a switch, images, and Netkit/Kathara labs.`,
 		newToolsCmd(stdio),
 		newTapCmd(stdio),
 		newNetCmd(stdio),
+		newGuestAgentCmd(stdio),
 	)
 	addGroups(root)
 	return root

@@ -32,6 +32,10 @@ type MinimalOptions struct {
 	// Files adds or replaces files: guest path to content. Paths ending
 	// in "rc.local" or under /bin or /sbin are made executable.
 	Files map[string]string
+	// Umlkit is a statically linked umlkit binary. When set it goes in as
+	// /sbin/umlkit and is the image's init (with the exec agent); else
+	// the image's init is a shell script.
+	Umlkit string
 }
 
 // BuildMinimal writes a minimal ext4 root filesystem image to out: static
@@ -59,7 +63,12 @@ func BuildMinimal(ctx context.Context, out string, opts MinimalOptions) error {
 		return fmt.Errorf("build image %s: %w", out, err)
 	}
 	defer os.RemoveAll(stage)
-	if err := stageMinimal(ctx, stage, bb, opts.Files); err != nil {
+	if opts.Umlkit != "" {
+		if err := checkStatic(opts.Umlkit); err != nil {
+			return fmt.Errorf("build image %s: umlkit for the guest: %w (build it with CGO_ENABLED=0)", out, err)
+		}
+	}
+	if err := stageMinimal(ctx, stage, bb, opts.Files, opts.Umlkit); err != nil {
 		return fmt.Errorf("build image %s: %w", out, err)
 	}
 	tmp := filepath.Join(filepath.Dir(out), "."+filepath.Base(out)+".tmp")
@@ -93,7 +102,7 @@ func checkStatic(bb string) error {
 	return nil
 }
 
-func stageMinimal(ctx context.Context, stage, bb string, files map[string]string) error {
+func stageMinimal(ctx context.Context, stage, bb string, files map[string]string, umlkit string) error {
 	for _, d := range []string{"bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys",
 		"dev", "tmp", "run", "root", "mnt", "var/log", "home"} {
 		if err := os.MkdirAll(filepath.Join(stage, d), 0o755); err != nil {
@@ -129,6 +138,15 @@ func stageMinimal(ctx context.Context, stage, bb string, files map[string]string
 		"/etc/shadow":  "root::0:0:99999:7:::\n",
 		"/etc/hosts":   "127.0.0.1\tlocalhost\n::1\tlocalhost\n",
 		"/etc/profile": "export PATH=/sbin:/bin:/usr/sbin:/usr/bin\nPS1='\\h:\\w# '\n",
+	}
+	if umlkit != "" {
+		delete(base, "/sbin/init")
+		if err := copyFile(umlkit, filepath.Join(stage, "sbin", "umlkit"), 0o755); err != nil {
+			return err
+		}
+		if err := os.Symlink("umlkit", filepath.Join(stage, "sbin", "init")); err != nil {
+			return err
+		}
 	}
 	for p, c := range files {
 		base[p] = c

@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/umlkit/umlkit/internal/console"
 	"github.com/umlkit/umlkit/internal/kernel"
@@ -38,6 +41,16 @@ type Options struct {
 	Netns string
 	// Env adds environment variables (KEY=VALUE) for the kernel process.
 	Env []string
+	// Image is the backing image of the default COW root; empty means
+	// the shared Image.
+	Image string
+	// ExtraFiles are passed to the kernel as descriptors 3, 4, ... (after
+	// the agent's line when Agent is set).
+	ExtraFiles []*os.File
+	// Agent connects the exec agent: the kernel gets ssl1 on a socket
+	// whose other end is Instance.Agent, and the guest is told to serve
+	// the agent there (the image must be AgentImage).
+	Agent bool
 }
 
 // Instance is a running kernel under test.
@@ -49,8 +62,10 @@ type Instance struct {
 	Umid    string
 	UMLDir  string // the uml_dir given to the kernel, with trailing '/'
 	Args    []string
-	exited  chan struct{}
-	exit    error
+	// AgentConn is the host end of the agent's serial line (Options.Agent).
+	AgentConn *os.File
+	exited    chan struct{}
+	exit      error
 }
 
 // Boot starts the kernel and, unless opts.NoWait, waits for ReadyMarker.
@@ -63,7 +78,21 @@ func Boot(t testing.TB, opts Options) *Instance {
 	}
 	root := opts.Root
 	if root == "" {
-		root = filepath.Join(t.TempDir(), umid+".cow") + "," + Image(t)
+		img := opts.Image
+		if img == "" {
+			img = Image(t)
+		}
+		root = filepath.Join(t.TempDir(), umid+".cow") + "," + img
+	}
+	var agentHost, agentGuest *os.File
+	if opts.Agent {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		agentHost, agentGuest = os.NewFile(uintptr(fds[0]), "agent-host"), os.NewFile(uintptr(fds[1]), "agent-guest")
+		t.Cleanup(func() { agentHost.Close() })
+		opts.Args = append([]string{"ssl1=fd:3", "umlkit.agent=ttyS1"}, opts.Args...)
 	}
 	mem := opts.Mem
 	if mem == "" {
@@ -77,6 +106,10 @@ func Boot(t testing.TB, opts Options) *Instance {
 		t.Fatalf("umltest: %v", err)
 	}
 	cmd.Env = append(cmd.Env, opts.Env...)
+	if agentGuest != nil {
+		cmd.ExtraFiles = []*os.File{agentGuest} // fd 3 in the kernel
+	}
+	cmd.ExtraFiles = append(cmd.ExtraFiles, opts.ExtraFiles...)
 	if opts.Netns != "" {
 		ip, err := exec.LookPath("ip")
 		if err != nil {
@@ -100,6 +133,10 @@ func Boot(t testing.TB, opts Options) *Instance {
 	t.Logf("umltest: %s %s", k.Path, strings.Join(args, " "))
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("umltest: start %s: %v", k.Path, err)
+	}
+	if agentGuest != nil {
+		agentGuest.Close()
+		i.AgentConn = agentHost
 	}
 	i.Console = console.New(out, in, func(line string) { t.Logf("%s| %s", umid, line) })
 	go func() {

@@ -13,6 +13,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -30,6 +31,14 @@ var (
 	imageOnce sync.Once
 	imagePath string
 	imageErr  error
+
+	umlkitOnce sync.Once
+	umlkitPath string
+	umlkitErr  error
+
+	agentOnce  sync.Once
+	agentImage string
+	agentErr   error
 )
 
 // Main runs the package's tests with a scratch directory for the shared
@@ -114,4 +123,48 @@ func sanitize(name string) string {
 		s = s[len(s)-24:]
 	}
 	return strings.Trim(s, "-")
+}
+
+// Umlkit returns a statically linked umlkit built from this module, once
+// per package run (for images whose init and agent it is).
+func Umlkit(t testing.TB) string {
+	t.Helper()
+	if mainDir == "" {
+		t.Fatal("umltest: call umltest.Main(m) from TestMain in this package")
+	}
+	umlkitOnce.Do(func() {
+		root, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}").Output()
+		if err != nil {
+			umlkitErr = fmt.Errorf("find the module: %w", err)
+			return
+		}
+		umlkitPath = filepath.Join(mainDir, "umlkit")
+		cmd := exec.Command("go", "build", "-o", umlkitPath, "./cmd/umlkit")
+		cmd.Dir = strings.TrimSpace(string(root))
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			umlkitErr = fmt.Errorf("go build ./cmd/umlkit: %w\n%s", err, out)
+		}
+	})
+	if umlkitErr != nil {
+		t.Fatalf("umltest: %v", umlkitErr)
+	}
+	return umlkitPath
+}
+
+// AgentImage returns a minimal image whose init is umlkit (Umlkit), with
+// the exec agent; built once per package run. Boot it with
+// Options{Image: AgentImage(t), Agent: true}.
+func AgentImage(t testing.TB) string {
+	t.Helper()
+	bin := Umlkit(t)
+	Kernel(t)
+	agentOnce.Do(func() {
+		agentImage = filepath.Join(mainDir, "root_fs_agent")
+		agentErr = image.BuildMinimal(context.Background(), agentImage, image.MinimalOptions{Umlkit: bin})
+	})
+	if agentErr != nil {
+		t.Fatalf("umltest: %v", agentErr)
+	}
+	return agentImage
 }
