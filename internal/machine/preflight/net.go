@@ -100,8 +100,16 @@ func checkListener(ctx context.Context, r *Report, arg, network, path, transport
 	if err == nil {
 		return
 	}
+	effect := map[string]string{
+		// Observed: daemon connects when the device is configured, and
+		// leaves no device; bess connects when the interface goes up,
+		// and "ip link set vecN up" fails with EINVAL.
+		"daemon": "the kernel would leave the device out (daemon_open : control connect failed) and never connect later",
+		"vde":    "vde_plug cannot connect, so the device would carry no traffic",
+		"bess":   "the interface could not be brought up (bess open: cannot connect; SIOCSIFFLAGS: Invalid argument)",
+	}[transport]
 	p := &Problem{Check: "switch-socket", Arg: arg, Err: ErrNoListener,
-		Message: fmt.Sprintf("nothing is listening on %s (%s): the kernel would not create the %s device, and it never reconnects", path, reason(err), transport),
+		Message: fmt.Sprintf("nothing is listening on %s (%s): %s", path, reason(err), effect),
 		Fix:     fix}
 	if errors.Is(err, syscall.EPROTOTYPE) {
 		want := map[string]string{"unix": "SOCK_STREAM", "unixpacket": "SOCK_SEQPACKET"}[network]
