@@ -72,9 +72,13 @@ func checkDisk(r *Report, c *cmdline.CommandLine, d *cmdline.Disk, opts Options,
 
 	backing := opts.abs(d.Backing)
 	if _, err := os.Stat(backing); err != nil {
-		r.add(&Problem{Check: "disk-missing", Arg: arg, Err: ErrMissing,
+		p := &Problem{Check: "disk-missing", Arg: arg, Err: ErrMissing,
 			Message: fmt.Sprintf("disk %s: backing file %s: %v", d.Key(), backing, errors.Unwrap(err)),
-			Fix:     "give the path of an existing image as the second file"})
+			Fix:     "give the path of an existing image as the second file"}
+		if d.Index == 0 {
+			p.Message += ": the kernel would panic (VFS: Unable to mount root fs)"
+		}
+		r.add(p)
 		return
 	}
 	st, err := os.Stat(file)
