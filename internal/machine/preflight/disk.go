@@ -21,6 +21,45 @@ func checkDisks(r *Report, c *cmdline.CommandLine, opts Options) {
 	for i, d := range disks {
 		checkDisk(r, c, d, opts, defaulted && i == 0)
 	}
+	checkTwice(r, disks, opts)
+}
+
+// checkTwice reports a host file that two disks of this instance open
+// when at least one writes it: the kernel's locks do not conflict within
+// one process, so nothing stops the two devices from corrupting it.
+func checkTwice(r *Report, disks []*cmdline.Disk, opts Options) {
+	type open struct {
+		d     *cmdline.Disk
+		path  string
+		write bool
+		fi    os.FileInfo
+	}
+	var opens []open
+	add := func(d *cmdline.Disk, p string, write bool) {
+		p = opts.abs(p)
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
+			opens = append(opens, open{d, p, write, fi})
+		}
+	}
+	for _, d := range disks {
+		if d.Shared {
+			continue
+		}
+		add(d, d.File, !d.ReadOnly)
+		if d.COW() {
+			add(d, d.Backing, false)
+		}
+	}
+	for i, a := range opens {
+		for _, b := range opens[i+1:] {
+			if a.d == b.d || !(a.write || b.write) || !os.SameFile(a.fi, b.fi) {
+				continue
+			}
+			r.add(&Problem{Check: "disk-twice", Arg: b.d.String(), Err: ErrLocked,
+				Message: fmt.Sprintf("%s and %s both open %s, and one of them writes it: the kernel would not stop this and the file would be corrupted", a.d.Key(), b.d.Key(), a.path),
+				Fix:     "give each disk its own file (a COW file over a shared image: ubdN=NAME.cow,IMAGE)"})
+		}
+	}
 }
 
 // diskRun suggests the command line with disk d replaced by a COW file
@@ -153,9 +192,13 @@ func checkBacking(r *Report, c *cmdline.CommandLine, d *cmdline.Disk, opts Optio
 		if st.Mode().IsRegular() && uint64(st.Size()) != h.Size {
 			kind, what = "size", fmt.Sprintf("its size is now %d bytes, the COW header says %d", st.Size(), h.Size)
 		}
+		fix := fmt.Sprintf("if only the timestamp changed (touch, cp without -p), accept the new one: umlkit cow rebase %s %s; if the image's content changed, the COW data no longer fits it: start from a new COW file (rm %s)", cow, backing, cow)
+		if kind == "size" {
+			fix = fmt.Sprintf("the image itself changed, so the COW data no longer fits it: go back to the image the COW file was made over, or start from a new COW file (rm %s)", cow)
+		}
 		r.add(&Problem{Check: "cow-stale", Arg: arg, Err: ErrBackingChanged,
 			Message: fmt.Sprintf("backing file %s of COW file %s changed since the COW file was made (%s): the kernel would refuse the disk (%s mismatch)", backing, cow, what, kind),
-			Fix:     fmt.Sprintf("if only the timestamp changed (touch, cp without -p), accept the new one: umlkit cow rebase %s %s; otherwise the COW data no longer fits the image: make a new COW file", cow, backing)})
+			Fix:     fix})
 		return
 	}
 	if !d.Shared {

@@ -254,6 +254,18 @@ func TestLocked(t *testing.T) {
 	}
 }
 
+func TestDiskTwice(t *testing.T) {
+	e := newEnv(t)
+	e.file(t, "root.img", 1<<20)
+	mkcow(t, e.dir, "a.cow", "root.img")
+	only(t, e.check(t, "ubd0=a.cow,root.img", "ubd1=a.cow"), ErrLocked, "ubd0 and ubd1 both open", "a.cow")
+	only(t, e.check(t, "ubd0=a.cow,root.img", "ubd1=root.img"), ErrLocked, "ubd0 and ubd1 both open", "root.img")
+	// Reading the image twice is fine.
+	if r := e.check(t, "ubd0=a.cow,root.img", "ubd1r=root.img"); len(r.Problems) != 0 {
+		t.Errorf("read-only twice: %v", r.Problems)
+	}
+}
+
 func TestUmidInUse(t *testing.T) {
 	e := newEnv(t)
 	e.file(t, "root_fs", 4096)
