@@ -3,7 +3,6 @@ package cmdline
 import (
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 )
 
@@ -223,8 +222,12 @@ func (c *CommandLine) Disks() []*Disk { return all[*Disk](c) }
 
 // Disk returns ubd disk n, or nil when it is not configured.
 func (c *CommandLine) Disk(n int) *Disk {
-	d, _ := c.Get("ubd" + strconv.Itoa(n)).(*Disk)
-	return d
+	for _, d := range c.Disks() {
+		if d.Index == n {
+			return d
+		}
+	}
+	return nil
 }
 
 // Eths returns the ethN= network devices in argument order.

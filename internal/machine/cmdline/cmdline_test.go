@@ -321,3 +321,14 @@ func FuzzParse(f *testing.F) {
 		roundTrip(t, strings.Split(line, " "))
 	})
 }
+
+func BenchmarkParseRender(b *testing.B) {
+	args := strings.Fields("ubd0=/srv/pc1.cow,/srv/root_fs mem=64M umid=pc1 uml_dir=/run/uml/ con=null ssl=null con0=fd:0,fd:1 vec0:transport=bess,dst=/run/sw/lan,mac=02:00:00:00:00:01 eth1=daemon,,unix,/run/sw/ctl hostname=pc1 quiet")
+	for b.Loop() {
+		c, err := Parse(args)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_ = c.Strings()
+	}
+}

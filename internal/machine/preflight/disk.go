@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -14,7 +15,14 @@ import (
 
 func checkDisks(r *Report, c *cmdline.CommandLine, opts Options) {
 	disks := c.Disks()
+	// A ubd0= that did not parse is a syntax problem already; the
+	// default ./root_fs only applies when there is none at all.
 	defaulted := c.Disk(0) == nil
+	for _, a := range c.Args {
+		if o, ok := a.(*cmdline.Other); ok && (strings.HasPrefix(o.Text, "ubd0") || strings.HasPrefix(o.Text, "ubda")) {
+			defaulted = false
+		}
+	}
 	if defaulted {
 		disks = append([]*cmdline.Disk{{Index: 0, File: cmdline.DefaultRoot}}, disks...)
 	}

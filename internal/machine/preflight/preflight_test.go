@@ -157,6 +157,12 @@ func TestSyntaxProblems(t *testing.T) {
 	}
 }
 
+// A ubd0= with a mistake is one problem, not also a missing ./root_fs.
+func TestBadRootArg(t *testing.T) {
+	e := newEnv(t)
+	only(t, e.check(t, "ubd0=,root.img"), cmdline.ErrSyntax, "no file")
+}
+
 func TestLowMemory(t *testing.T) {
 	e := newEnv(t)
 	e.file(t, "root_fs", 4096)
@@ -416,4 +422,23 @@ func FuzzCOWHeader(f *testing.F) {
 			t.Fatalf("parseCOWHeader = %v, %v", h, err)
 		}
 	})
+}
+
+// BenchmarkCheckSeed measures what the checks add before a boot, for the
+// seed's command line with an existing COW file.
+func BenchmarkCheckSeed(b *testing.B) {
+	dir := b.TempDir()
+	os.WriteFile(filepath.Join(dir, "root_fs"), make([]byte, 1<<20), 0o644)
+	cmd := exec.Command("uml_mkcow", "root_fs1.cow", "root_fs")
+	cmd.Dir = dir
+	if err := cmd.Run(); err != nil {
+		b.Skipf("uml_mkcow: %v", err)
+	}
+	args := []string{"ubd0=root_fs1.cow,root_fs", "mem=64M", "umid=uml1", "uml_dir=" + dir}
+	opts := Options{Dir: dir}
+	for b.Loop() {
+		if _, r := CheckArgs(context.Background(), args, opts); len(r.Problems) != 0 {
+			b.Fatal(r.Problems)
+		}
+	}
 }
