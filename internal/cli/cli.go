@@ -117,6 +117,7 @@ network lab: copy-on-write disks, a switch, images, and Netkit/Kathara labs.`,
 		newTapCmd(stdio),
 		newNetCmd(stdio),
 		newGuestAgentCmd(stdio),
+		newVmcheckCmd(stdio),
 	)
 	addGroups(root)
 	return root
