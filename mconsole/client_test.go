@@ -90,6 +90,10 @@ func TestLongReplyNotDropped(t *testing.T) {
 	}
 
 	// Control: an unconnected socket that reads late loses packets.
+	if b, err := os.ReadFile("/proc/sys/net/unix/max_dgram_qlen"); err != nil || strings.TrimSpace(string(b)) != "10" {
+		t.Logf("net.unix.max_dgram_qlen is %q (%v), not the default 10: skipping the control", b, err)
+		return
+	}
 	plain, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: "@umlkit-test-plain-" + dir, Net: "unixgram"})
 	if err != nil {
 		t.Fatal(err)

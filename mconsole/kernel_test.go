@@ -218,6 +218,27 @@ func TestKernel(t *testing.T) {
 		}
 	})
 
+	// reboot re-executes the kernel in the same process; notify says
+	// Ready again, and the same client follows the socket, bound anew.
+	t.Run("reboot", func(t *testing.T) {
+		n := vm.Console.Len()
+		if err := c.Reboot(ctx); err != nil {
+			t.Fatalf("Reboot() = %v", err)
+		}
+		if sock, err := l.WaitReady(ctx); err != nil || sock != vm.MconsolePath() {
+			t.Fatalf("notify after reboot: %q, %v", sock, err)
+		}
+		if _, _, err := vm.Console.WaitFrom(ctx, n, umltest.ReadyMarker); err != nil {
+			t.Fatalf("no ready marker after reboot: %v", err)
+		}
+		if v, err := c.Version(ctx); err != nil || !strings.HasPrefix(v, "Linux ") {
+			t.Errorf("Version after reboot = %q, %v", v, err)
+		}
+		if pid, _ := c.PID(); pid != vm.PID() {
+			t.Errorf("pid after reboot = %d, want the same process %d", pid, vm.PID())
+		}
+	})
+
 	if err := c.Halt(ctx); err != nil {
 		t.Fatalf("Halt() = %v", err)
 	}
