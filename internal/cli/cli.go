@@ -41,6 +41,7 @@ func Tools() map[string]Tool {
 	ts := []Tool{
 		umlNetTool(),
 		guestInitTool(),
+		umlMconsoleTool(),
 	}
 	m := make(map[string]Tool, len(ts))
 	for _, t := range ts {
@@ -118,6 +119,7 @@ network lab: copy-on-write disks, a switch, images, and Netkit/Kathara labs.`,
 		newNetCmd(stdio),
 		newGuestAgentCmd(stdio),
 		newVmcheckCmd(stdio),
+		newMconsoleCmd(stdio),
 	)
 	addGroups(root)
 	return root
