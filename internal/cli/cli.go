@@ -118,7 +118,7 @@ network lab: copy-on-write disks, a switch, images, and Netkit/Kathara labs.`,
 		newTapCmd(stdio),
 		newNetCmd(stdio),
 		newGuestAgentCmd(stdio),
-		newVmcheckCmd(stdio),
+		newVMCmd(stdio),
 		newMconsoleCmd(stdio),
 	)
 	addGroups(root)

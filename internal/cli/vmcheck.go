@@ -13,19 +13,6 @@ import (
 	"github.com/umlkit/umlkit/internal/machine/preflight"
 )
 
-// newVmcheckCmd is the `vm` command with its `check` subcommand. When the
-// instance commands (vm run/start/...) land, newVMCheckCmd moves under
-// their `vm` command.
-func newVmcheckCmd(stdio IO) *cobra.Command {
-	vm := &cobra.Command{
-		Use:     "vm",
-		Short:   "Run and check UML instances",
-		GroupID: groupInstances,
-	}
-	vm.AddCommand(newVMCheckCmd(stdio))
-	return vm
-}
-
 func newVMCheckCmd(stdio IO) *cobra.Command {
 	var (
 		asJSON bool

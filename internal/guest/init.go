@@ -93,6 +93,11 @@ func Init() int {
 		runStartup(r, "/etc/rc.local", con, logf)
 	}
 	fmt.Fprintf(con, "%s %s\n", ReadyMarker, name)
+	// Tells the supervisor the guest is up (the file exists when the
+	// kernel has a notify socket).
+	os.WriteFile("/proc/mconsole", []byte(ReadyMarker+" "+name), 0)
+	// Ctrl-Alt-Del (mconsole cad) becomes SIGINT to init, which powers off.
+	unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_OFF)
 	if cl.Get(ParamShell, "1") != "0" {
 		go consoleShell(r, logf)
 	}
@@ -257,7 +262,7 @@ func makeRaw(fd int) error {
 func shutdown(sig os.Signal, r *reaper, logf func(string, ...any)) int {
 	cmd := unix.LINUX_REBOOT_CMD_POWER_OFF
 	switch sig {
-	case unix.SIGTERM, unix.SIGINT:
+	case unix.SIGTERM:
 		cmd = unix.LINUX_REBOOT_CMD_RESTART
 	case unix.SIGUSR1:
 		cmd = unix.LINUX_REBOOT_CMD_HALT

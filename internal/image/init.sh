@@ -25,6 +25,9 @@ if [ -x /etc/rc.local ]; then
 	/etc/rc.local
 fi
 echo "umlkit-ready $(hostname)"
+# Tells umlkit the guest is up (the file exists when the kernel was given
+# mconsole=notify:, as umlkit vm start does).
+echo "umlkit-ready $(hostname)" > /proc/mconsole 2>/dev/null
 trap 'poweroff -f' USR2 TERM
 while :; do
 	setsid cttyhack sh -l
