@@ -84,13 +84,13 @@ type Paths struct{ Dir string }
 // PathsOf returns the paths of the instance name.
 func PathsOf(name string) Paths { return Paths{Dir: filepath.Join(Root(), name)} }
 
-func (p Paths) Spec() string     { return filepath.Join(p.Dir, "spec.json") }
-func (p Paths) State() string    { return filepath.Join(p.Dir, "state.json") }
-func (p Paths) Console() string  { return filepath.Join(p.Dir, "console.sock") }
-func (p Paths) Log() string      { return filepath.Join(p.Dir, "console.log") }
-func (p Paths) Notify() string   { return filepath.Join(p.Dir, "notify.sock") }
-func (p Paths) Agent() string    { return filepath.Join(p.Dir, "agent.sock") }
-func (p Paths) SupLog() string   { return filepath.Join(p.Dir, "supervisor.log") }
+func (p Paths) Spec() string    { return filepath.Join(p.Dir, "spec.json") }
+func (p Paths) State() string   { return filepath.Join(p.Dir, "state.json") }
+func (p Paths) Console() string { return filepath.Join(p.Dir, "console.sock") }
+func (p Paths) Log() string     { return filepath.Join(p.Dir, "console.log") }
+func (p Paths) Notify() string  { return filepath.Join(p.Dir, "notify.sock") }
+func (p Paths) Agent() string   { return filepath.Join(p.Dir, "agent.sock") }
+func (p Paths) SupLog() string  { return filepath.Join(p.Dir, "supervisor.log") }
 func (p Paths) Mconsole(name string) string {
 	return filepath.Join(UMLDir(), name, "mconsole")
 }
