@@ -109,3 +109,25 @@ func TestConnectionLoss(t *testing.T) {
 		t.Fatal("Wait() after the stream broke = nil error, want ErrClosed")
 	}
 }
+
+// A proxy in the middle (as the supervisor is) passes everything through.
+func TestProxy(t *testing.T) {
+	up := pair(t)
+	a, b := net.Pipe()
+	ctx, cancel := context.WithCancel(context.Background())
+	proxied := make(chan struct{})
+	go func() { Proxy(ctx, b, up); close(proxied) }()
+	t.Cleanup(func() { a.Close(); b.Close(); cancel(); <-proxied })
+	c, err := NewClient(ctx, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Hostname() != "guest" {
+		t.Errorf("hostname through the proxy = %q", c.Hostname())
+	}
+	data := strings.Repeat("abc\x00", 5000)
+	out, errOut, st := run(t, c, Cmd{Argv: []string{"sh", "-c", "cat; echo e >&2; exit 7"}, Stdin: strings.NewReader(data)})
+	if out != data || errOut != "e\n" || st.Code != 7 {
+		t.Errorf("through the proxy: %d bytes (equal %v), %q, %+v", len(out), out == data, errOut, st)
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/umlkit/umlkit/internal/agent"
 	"github.com/umlkit/umlkit/internal/kernel"
 	"github.com/umlkit/umlkit/internal/machine"
 	"github.com/umlkit/umlkit/internal/machine/cmdline"
@@ -38,6 +39,8 @@ func newVMCmd(stdio IO) *cobra.Command {
 		newVMLogsCmd(stdio),
 		newVMConfigCmd(stdio, false),
 		newVMConfigCmd(stdio, true),
+		newVMExecCmd(stdio, false),
+		newVMExecCmd(stdio, true),
 		newVMCheckCmd(stdio),
 	)
 	return vm
@@ -49,6 +52,7 @@ type vmFlags struct {
 	nets, taps            []string
 	hostIP                string
 	wait                  string
+	noAgent               bool
 	timeout               time.Duration
 }
 
@@ -64,6 +68,9 @@ func (f *vmFlags) add(cmd *cobra.Command, start bool) {
 	if start {
 		fl.StringVar(&f.wait, "wait", "guest", "wait until the `guest` says it is ready, or only the `kernel`")
 		fl.DurationVar(&f.timeout, "timeout", 60*time.Second, "limit for the boot")
+	}
+	if start {
+		fl.BoolVar(&f.noAgent, "no-agent", false, "no serial line for the exec agent (umlkit vm exec)")
 	}
 	fl.SetInterspersed(false)
 }
@@ -189,7 +196,7 @@ comes back as an error with the panic message.`
 			if f.wait != "guest" && f.wait != "kernel" {
 				return fmt.Errorf("--wait %q: want guest or kernel", f.wait)
 			}
-			in, err := machine.Start(cmd.Context(), machine.StartOptions{Name: name, Args: kargs, Timeout: f.timeout, WaitKernel: f.wait == "kernel"})
+			in, err := machine.Start(cmd.Context(), machine.StartOptions{Name: name, Args: kargs, Timeout: f.timeout, WaitKernel: f.wait == "kernel", NoAgent: f.noAgent})
 			if err != nil {
 				return err
 			}
@@ -409,4 +416,89 @@ func newVMConfigCmd(stdio IO, remove bool) *cobra.Command {
 		cmd.Example = "  umlkit vm remove uml1 ubd1"
 	}
 	return cmd
+}
+
+func newVMExecCmd(stdio IO, shell bool) *cobra.Command {
+	var tty, noTTY bool
+	var env []string
+	var dir string
+	cmd := &cobra.Command{
+		Use:     "exec NAME [flags] -- CMD [ARGS...]",
+		Short:   "Run a command inside an instance (no guest network needed); its exit status is umlkit's",
+		Example: "  umlkit vm exec r1 -- ip route\n  umlkit vm exec r1 -t -- top",
+		Args:    cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			argv := args[1:]
+			useTTY := tty
+			if shell {
+				argv = []string{"/bin/sh", "-l"}
+				useTTY = !noTTY && isTerminal(stdio.In)
+			}
+			return runInGuest(cmd.Context(), stdio, args[0], argv, env, dir, useTTY)
+		},
+	}
+	if shell {
+		cmd.Use = "shell NAME"
+		cmd.Short = "A shell inside an instance, on a terminal"
+		cmd.Example = "  umlkit vm shell r1"
+		cmd.Args = cobra.ExactArgs(1)
+		cmd.Flags().BoolVarP(&noTTY, "no-tty", "T", false, "no terminal, even when this is one")
+	} else {
+		cmd.Flags().BoolVarP(&tty, "tty", "t", false, "run on a terminal (stdout and stderr merged)")
+		cmd.Flags().StringArrayVarP(&env, "env", "e", nil, "`KEY=VALUE` for the command's environment (repeatable)")
+		cmd.Flags().StringVarP(&dir, "workdir", "w", "", "working `DIR` in the guest")
+	}
+	return cmd
+}
+
+func runInGuest(ctx context.Context, stdio IO, name string, argv, env []string, dir string, tty bool) error {
+	actx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	c, err := machine.Agent(actx, name)
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	cmd := agent.Cmd{Argv: argv, Env: env, Dir: dir, TTY: tty, Stdin: stdio.In, Stdout: stdio.Out, Stderr: stdio.Err}
+	if len(env) > 0 {
+		cmd.Env = append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"}, env...)
+	}
+	var s *agent.Session
+	if tty {
+		if f, ok := stdio.In.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+			if w, h, err := term.GetSize(int(f.Fd())); err == nil {
+				cmd.Rows, cmd.Cols = uint16(h), uint16(w)
+			}
+			old, err := term.MakeRaw(int(f.Fd()))
+			if err == nil {
+				defer term.Restore(int(f.Fd()), old)
+			}
+			cmd.Env = append(cmd.Env, "TERM="+os.Getenv("TERM"))
+			winch := make(chan os.Signal, 1)
+			signal.Notify(winch, syscall.SIGWINCH)
+			defer signal.Stop(winch)
+			go func() {
+				for range winch {
+					if w, h, err := term.GetSize(int(f.Fd())); err == nil && s != nil {
+						s.Resize(uint16(h), uint16(w))
+					}
+				}
+			}()
+		}
+	}
+	s, err = c.Start(cmd)
+	if err != nil {
+		return err
+	}
+	st, err := s.Wait()
+	if err != nil {
+		return fmt.Errorf("instance %s: %w", name, err)
+	}
+	if st.Error != "" {
+		fmt.Fprintf(stdio.Err, "umlkit: %s: %s\n", name, st.Error)
+	}
+	if st.Code != 0 {
+		return &ExitError{Code: st.Code}
+	}
+	return nil
 }

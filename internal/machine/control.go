@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/umlkit/umlkit/internal/agent"
 	"github.com/umlkit/umlkit/internal/machine/cmdline"
 	"github.com/umlkit/umlkit/internal/machine/preflight"
 	"github.com/umlkit/umlkit/mconsole"
@@ -32,6 +33,8 @@ type StartOptions struct {
 	WaitKernel bool
 	// Exe is the umlkit binary that supervises; "" means this one.
 	Exe string
+	// NoAgent leaves out the exec agent's serial line.
+	NoAgent bool
 }
 
 // Prepare turns user arguments into the kernel command line umlkit runs for
@@ -91,7 +94,7 @@ func Start(ctx context.Context, opts StartOptions) (*Instance, error) {
 	if err := os.MkdirAll(p.Dir, 0o755); err != nil {
 		return nil, err
 	}
-	if err := writeJSON(p.Spec(), Spec{Name: opts.Name, Args: c.Strings(), Dir: dir, Created: time.Now()}); err != nil {
+	if err := writeJSON(p.Spec(), Spec{Name: opts.Name, Args: c.Strings(), Dir: dir, Created: time.Now(), Agent: !opts.NoAgent}); err != nil {
 		return nil, err
 	}
 	exe := opts.Exe
@@ -295,4 +298,31 @@ func Attach(ctx context.Context, name string, in io.Reader, out io.Writer) error
 	case <-ctx.Done():
 	}
 	return nil
+}
+
+// ErrNoAgent is returned by Exec when the guest runs no exec agent.
+var ErrNoAgent = errors.New("the guest's exec agent does not answer")
+
+// Agent connects to the instance's exec agent through its supervisor.
+func Agent(ctx context.Context, name string) (*agent.Client, error) {
+	in, err := Get(name)
+	if err != nil {
+		return nil, err
+	}
+	if !in.State.Live() {
+		return nil, fmt.Errorf("instance %s is %s: start it with umlkit vm start", name, in.State.Status)
+	}
+	if !in.Spec.Agent {
+		return nil, fmt.Errorf("instance %s: %w: it was started without one (--no-agent)", name, ErrNoAgent)
+	}
+	conn, err := net.Dial("unix", PathsOf(name).Agent())
+	if err != nil {
+		return nil, fmt.Errorf("instance %s: agent socket: %w", name, err)
+	}
+	c, err := agent.NewClient(ctx, conn)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("instance %s: %w: images umlkit builds run it; in others start it with umlkit guest-agent --tty /dev/ttyS%d", name, ErrNoAgent, AgentLine)
+	}
+	return c, nil
 }

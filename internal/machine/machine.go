@@ -44,7 +44,14 @@ type Spec struct {
 	Args    []string  `json:"args"` // the kernel command line, as run
 	Dir     string    `json:"dir"`  // the kernel's working directory
 	Created time.Time `json:"created"`
+	// Agent: the supervisor connects serial line AgentLine for the guest's
+	// exec agent (umlkit vm exec).
+	Agent bool `json:"agent"`
 }
+
+// AgentLine is the serial line (sslN, /dev/ttySN in the guest) the exec
+// agent uses.
+const AgentLine = 63
 
 // State is what the supervisor reports.
 type State struct {

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/umlkit/umlkit/internal/agent"
 	"github.com/umlkit/umlkit/internal/umltest"
 )
 
@@ -177,5 +178,50 @@ func TestLockedImage(t *testing.T) {
 	}
 	if in, _ := Get("a1"); in.State.Status != Running || in.State.PID != first.State.PID {
 		t.Errorf("a1 after the refused start: %+v", in.State)
+	}
+}
+
+// An instance on an image umlkit built (its init runs the exec agent)
+// runs commands through its supervisor, with exit codes.
+func TestExec(t *testing.T) {
+	opts := setup(t)
+	opts.Dir = t.TempDir()
+	start(t, opts, "e1", "ubd0=e1.cow,"+umltest.AgentImage(t), "hostname=e1")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := Agent(ctx, "e1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var out bytes.Buffer
+	st, err := c.Run(ctx, agent.Cmd{Argv: []string{"sh", "-c", "hostname; exit 3"}, Stdout: &out})
+	if err != nil || st.Code != 3 || out.String() != "e1\n" {
+		t.Errorf("exec in e1 = %q, %+v, %v; want e1, exit 3", out.String(), st, err)
+	}
+	// A second client at the same time goes through the same line.
+	c2, err := Agent(ctx, "e1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	out.Reset()
+	if st, err := c2.Run(ctx, agent.Cmd{Argv: []string{"uname", "-r"}, Stdout: &out}); err != nil || st.Code != 0 || !strings.HasPrefix(out.String(), "6.") {
+		t.Errorf("second client: %q, %+v, %v", out.String(), st, err)
+	}
+	if err := Stop(context.Background(), "e1", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// An instance whose image runs no agent says so, with what to do.
+func TestExecNoAgent(t *testing.T) {
+	opts := setup(t)
+	opts.Dir = t.TempDir()
+	start(t, opts, "n1", "ubd0=n1.cow,"+umltest.Image(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := Agent(ctx, "n1"); !errors.Is(err, ErrNoAgent) || !strings.Contains(err.Error(), "guest-agent") {
+		t.Errorf("Agent(n1) = %v, want ErrNoAgent with the guest-agent command", err)
 	}
 }

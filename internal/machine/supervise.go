@@ -16,6 +16,7 @@ import (
 
 	"github.com/creack/pty"
 
+	"github.com/umlkit/umlkit/internal/agent"
 	"github.com/umlkit/umlkit/internal/kernel"
 	"github.com/umlkit/umlkit/mconsole"
 )
@@ -79,20 +80,52 @@ func Supervise(ctx context.Context, name string, log *slog.Logger) error {
 	defer cl.Close()
 
 	args := append(append([]string(nil), spec.Args...), "mconsole=notify:"+p.Notify())
+	var agentConn *os.File
+	var extra []*os.File
+	if spec.Agent {
+		fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fail(err)
+		}
+		agentConn = os.NewFile(uintptr(fds[0]), "agent")
+		guestEnd := os.NewFile(uintptr(fds[1]), "agent-guest")
+		defer agentConn.Close()
+		args = append(args, fmt.Sprintf("ssl%d=fd:3", AgentLine), fmt.Sprintf("umlkit.agent=ttyS%d", AgentLine))
+		extra = []*os.File{guestEnd}
+	}
 	cmd, err := k.Command(context.Background(), args...)
 	if err != nil {
 		return fail(err)
 	}
 	cmd.Dir = spec.Dir
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
+	cmd.ExtraFiles = extra
 	if err := cmd.Start(); err != nil {
 		return fail(fmt.Errorf("start %s: %w", k.Path, err))
 	}
+	closeAgent := func() {}
 	tty.Close()
 	log.Info("kernel started", "vm", name, "pid", cmd.Process.Pid)
 	sw.update(func(s *State) { s.PID, s.Started = cmd.Process.Pid, time.Now() })
 
+	for _, f := range extra {
+		f.Close()
+	}
 	var wg sync.WaitGroup
+	if agentConn != nil {
+		al, err := net.ListenUnix("unix", &net.UnixAddr{Name: p.Agent(), Net: "unix"})
+		if err != nil {
+			log.Warn("agent socket", "vm", name, "err", err)
+		} else {
+			os.Chmod(p.Agent(), 0o600)
+			defer os.Remove(p.Agent())
+			ag := &agentRelay{line: agentConn, log: log, name: name, conns: map[net.Conn]bool{}}
+			wg.Add(1)
+			go func() { defer wg.Done(); ag.serve(al) }()
+			defer al.Close()
+			closeAgent = func() { al.Close(); ag.close() }
+		}
+	}
 	wg.Add(2)
 	go func() { defer wg.Done(); hub.pump() }()
 	go func() { defer wg.Done(); hub.serve(cl) }()
@@ -143,6 +176,7 @@ func Supervise(ctx context.Context, name string, log *slog.Logger) error {
 		log.Info("killed processes the kernel left on its console", "vm", name, "count", n)
 	}
 	stopNotify()
+	closeAgent()
 	cl.Close()
 	ptmx.Close()
 	wg.Wait()
@@ -247,6 +281,81 @@ func (h *consoleHub) serve(l *net.UnixListener) {
 			delete(h.clients, c)
 			h.mu.Unlock()
 			c.Close()
+		}()
+	}
+}
+
+// agentRelay serves the agent socket: every connection is proxied to the
+// guest's agent on the serial line, through one client made on first use.
+type agentRelay struct {
+	line *os.File
+	log  *slog.Logger
+	name string
+
+	mu     sync.Mutex
+	up     *agent.Client
+	conns  map[net.Conn]bool
+	closed bool
+}
+
+// close ends the line and every proxied connection.
+func (a *agentRelay) close() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.closed = true
+	a.line.Close()
+	for c := range a.conns {
+		c.Close()
+	}
+}
+
+func (a *agentRelay) client() (*agent.Client, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.up != nil {
+		return a.up, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := agent.NewClient(ctx, a.line)
+	if err != nil {
+		return nil, err
+	}
+	a.up = c
+	return c, nil
+}
+
+func (a *agentRelay) serve(l *net.UnixListener) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		conn, err := l.Accept()
+		if err != nil {
+			return
+		}
+		a.mu.Lock()
+		if a.closed {
+			a.mu.Unlock()
+			conn.Close()
+			return
+		}
+		a.conns[conn] = true
+		a.mu.Unlock()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() {
+				a.mu.Lock()
+				delete(a.conns, conn)
+				a.mu.Unlock()
+				conn.Close()
+			}()
+			up, err := a.client()
+			if err != nil {
+				a.log.Warn("guest agent", "vm", a.name, "err", err)
+				return
+			}
+			agent.Proxy(context.Background(), conn, up)
 		}()
 	}
 }
