@@ -87,7 +87,7 @@ func tuntapUp(args []string, out *os.File) int {
 		if gate == nil {
 			return fmt.Errorf("host address %q is not an IPv4 address", args[0])
 		}
-		if dev, err := addressOwner(gate); err != nil {
+		if dev, err := AddressOwner(gate); err != nil {
 			return err
 		} else if dev != "" {
 			return fmt.Errorf("host address %s is already on %s: give the instance another HOST_IP", gate, dev)

@@ -129,7 +129,7 @@ func CreateTap(name string, opts TapOptions) (*Tap, error) {
 		return nil, fmt.Errorf("create tap %s: %w as a %s device, not a TAP: pick another name", name, ErrExists, l.Type())
 	}
 	if opts.Addr != nil {
-		if dev, err := addressOwner(opts.Addr.IP); err != nil {
+		if dev, err := AddressOwner(opts.Addr.IP); err != nil {
 			return nil, err
 		} else if dev != "" {
 			return nil, fmt.Errorf("create tap %s: address %s is %w on %s: pick another address", name, opts.Addr.IP, ErrExists, dev)
@@ -178,8 +178,8 @@ func addrUp(name string, addr *net.IPNet) error {
 	return nil
 }
 
-// addressOwner returns the device that has ip, or "".
-func addressOwner(ip net.IP) (string, error) {
+// AddressOwner returns the host interface that has ip, or "".
+func AddressOwner(ip net.IP) (string, error) {
 	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
 		return "", fmt.Errorf("list host addresses: %w", err)

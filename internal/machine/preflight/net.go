@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/umlkit/umlkit/internal/hostnet"
 	"github.com/umlkit/umlkit/internal/machine/cmdline"
 )
 
@@ -160,13 +161,68 @@ func checkTap(r *Report, arg, dev, hostIP string) {
 		if hostIP == "" {
 			r.add(&Problem{Check: "tap", Arg: arg, Err: ErrHostNet,
 				Message: "without a TAP device name the kernel runs the uml_net helper, which needs the host-side IP address (it would fail: Too few arguments to tuntap_up)",
-				Fix:     "give a TAP device made beforehand (umlkit tap create, or ip tuntap add dev tap0 mode tap user $USER), or a host IP: ethN=tuntap,,,HOSTIP"})
+				Fix:     "give a TAP device made beforehand (umlkit tap create), or a host IP: ethN=tuntap,,,HOSTIP"})
+			return
+		}
+		checkHelper(r, arg, hostIP)
+		return
+	}
+	t, err := hostnet.GetTap(dev)
+	if err != nil {
+		if !strings.Contains(err.Error(), "no such device") {
+			r.add(&Problem{Check: "tap", Arg: arg, Err: ErrHostNet, Message: err.Error(), Fix: "name a TAP device: umlkit tap list shows them"})
+		} else if os.Geteuid() != 0 {
+			r.add(&Problem{Check: "tap", Arg: arg, Err: ErrHostNet,
+				Message: fmt.Sprintf("TAP device %s does not exist, and only root can have the kernel make one", dev),
+				Fix:     fmt.Sprintf("create it first: umlkit tap create %s --owner $USER", dev)})
 		}
 		return
 	}
-	if _, err := os.Stat(filepath.Join("/sys/class/net", dev)); err != nil && os.Geteuid() != 0 {
+	if uid := os.Getuid(); uid != 0 && !mayAttach(t, uid) {
 		r.add(&Problem{Check: "tap", Arg: arg, Err: ErrHostNet,
-			Message: fmt.Sprintf("TAP device %s does not exist, and only root can have the kernel make one", dev),
-			Fix:     fmt.Sprintf("create it first: ip tuntap add dev %s mode tap user $USER (or umlkit tap create %s)", dev, dev)})
+			Message: fmt.Sprintf("TAP device %s belongs to uid %d (group %d); you (uid %d) may not attach to it", dev, t.Owner, t.Group, uid),
+			Fix:     fmt.Sprintf("as root: umlkit tap delete %s && umlkit tap create %s --owner %d", dev, dev, uid)})
 	}
+}
+
+// mayAttach reports whether uid may attach to the TAP without privileges.
+// Netlink reports "no owner" as 0, so 0 counts as root only.
+func mayAttach(t *hostnet.Tap, uid int) bool {
+	if t.Owner == uid {
+		return true
+	}
+	if t.Group <= 0 {
+		return false
+	}
+	gids, _ := os.Getgroups()
+	for _, g := range append(gids, os.Getgid()) {
+		if g == t.Group {
+			return true
+		}
+	}
+	return false
+}
+
+// checkHelper checks what the uml_net helper needs for the host address.
+func checkHelper(r *Report, arg, hostIP string) {
+	ip := net.ParseIP(hostIP)
+	if ip == nil || ip.To4() == nil {
+		r.add(&Problem{Check: "tap", Arg: arg, Err: ErrHostNet,
+			Message: fmt.Sprintf("host address %q is not an IPv4 address", hostIP), Fix: "ethN=tuntap,,,10.0.0.254 (an address for the host's end)"})
+		return
+	}
+	if dev, err := hostnet.AddressOwner(ip); err == nil && dev != "" {
+		r.add(&Problem{Check: "tap", Arg: arg, Err: ErrHostNet,
+			Message: fmt.Sprintf("host address %s is already on %s: the TAP's host end needs an address of its own", hostIP, dev),
+			Fix:     "pick another host address for this instance"})
+	}
+	path := os.Getenv("PATH") + ":/usr/lib/uml"
+	for _, d := range filepath.SplitList(path) {
+		if st, err := os.Stat(filepath.Join(d, "uml_net")); err == nil && !st.IsDir() {
+			return
+		}
+	}
+	r.add(&Problem{Check: "tap", Arg: arg, Err: ErrHostNet,
+		Message: "no uml_net helper on PATH or in /usr/lib/uml: the kernel runs it to make the TAP",
+		Fix:     "install -o root -g uml-net -m 4754 $(command -v umlkit) /usr/local/bin/uml_net (or apt-get install uml-utilities)"})
 }
