@@ -184,6 +184,10 @@ func TestKernel(t *testing.T) {
 			t.Fatal("write /proc/mconsole failed")
 		}
 		ev, err := l.Receive(ctx)
+		// The image's init announces itself first ("umlkit-ready NAME").
+		for u, ok := ev.(UserNotify); err == nil && ok && strings.HasPrefix(string(u.Data), "umlkit-ready"); u, ok = ev.(UserNotify) {
+			ev, err = l.Receive(ctx)
+		}
 		if u, ok := ev.(UserNotify); err != nil || !ok || string(u.Data) != "hello-host" {
 			t.Errorf("Receive = %#v, %v; want UserNotify hello-host", ev, err)
 		}
