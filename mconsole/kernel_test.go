@@ -16,7 +16,7 @@ import (
 func TestMain(m *testing.M) { umltest.Main(m) }
 
 func kctx(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), umltest.DefaultTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*umltest.DefaultTimeout) // many steps share it
 	t.Cleanup(cancel)
 	return ctx
 }
