@@ -5,8 +5,8 @@
 # "poweroff -f" (or "halt -f") in the guest ends the instance.
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 export HOME=/root
-mount -o remount,rw / 2>/dev/null
 mount -t proc proc /proc
+mount -o remount,rw /
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mkdir -p /dev/pts /dev/shm
