@@ -32,9 +32,10 @@ type MergeOptions struct {
 	// NoSync skips the fsync before the rename. Faster; after a crash the
 	// target name may hold an incomplete image.
 	NoSync bool
-	// Size is the output size; 0 means the disk's size. uml_moo drops a
-	// trailing partial sector, which is what its drop-in asks for.
-	Size int64
+	// WholeSectors drops a trailing partial sector of the backing size
+	// from the output, as uml_moo does. Otherwise the output has the
+	// disk's size (the backing size rounded up to 512).
+	WholeSectors bool
 	// Direct writes straight into out, truncating it, instead of a
 	// temporary file renamed over it (uml_moo's behaviour).
 	Direct bool
@@ -45,9 +46,9 @@ type MergeOptions struct {
 // same directory and renames it over out at the end, so an interrupted
 // merge leaves out untouched. Reading and writing overlap, in 1 MiB pieces.
 func Merge(ctx context.Context, d *Disk, out string, opts MergeOptions) (err error) {
-	size := opts.Size
-	if size == 0 || size > d.Size() {
-		size = d.Size()
+	size := d.Size()
+	if opts.WholeSectors {
+		size = d.h.Size / SectorSize * SectorSize
 	}
 	var f *os.File
 	if opts.Direct {

@@ -37,7 +37,7 @@ type Tool struct {
 // Tools lists the programs umlkit can be invoked as. Install a link named
 // after one (for example ln -s umlkit uml_mkcow) to get that tool.
 func Tools() map[string]Tool {
-	ts := []Tool{}
+	ts := []Tool{umlMkcowTool(), umlMooTool()}
 	m := make(map[string]Tool, len(ts))
 	for _, t := range ts {
 		m[t.Name] = t
@@ -104,6 +104,7 @@ network lab: copy-on-write disks, a switch, images, and Netkit/Kathara labs.`,
 		newDoctorCmd(stdio),
 		newDemoCmd(stdio),
 		newToolsCmd(stdio),
+		newCowCmd(stdio),
 	)
 	addGroups(root)
 	return root
