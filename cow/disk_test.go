@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/umlkit/umlkit/internal/umltest"
 )
 
 // newBacking writes a backing file of size bytes with a recognisable
@@ -430,7 +432,8 @@ func TestCheck(t *testing.T) {
 	}
 }
 
-// TestMain doubles as a lock holder for TestInUse: with COW_TEST_LOCK set
+// TestMain runs the tests with umltest (kernel tests boot the real
+// kernel), and doubles as a lock holder for TestInUse: with COW_TEST_LOCK set
 // it takes a POSIX write lock, as the kernel does, and holds it until its
 // stdin closes.
 func TestMain(m *testing.M) {
@@ -447,5 +450,5 @@ func TestMain(m *testing.M) {
 		io.Copy(io.Discard, os.Stdin)
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	umltest.Main(m)
 }
