@@ -128,6 +128,9 @@ func TestKernelCOWInterop(t *testing.T) {
 	checkInUse("MergeIntoBacking", MergeIntoBacking(context.Background(), kc, IntoBackingOptions{}))
 	_, err = Rebase(context.Background(), kc, RebaseOptions{RefreshMtime: true})
 	checkInUse("Rebase", err)
+	if in, err := Stat(kc); err != nil || in.InUseBy != "cow-kernel" || in.InUsePID <= 0 {
+		t.Errorf("Stat while the instance runs = %+v, %v; want it in use by cow-kernel", in, err)
+	}
 	if iu, err := Probe(kc, false); err != nil || iu == nil || iu.Umid != "cow-kernel" {
 		t.Errorf("Probe = %v, %v; want cow-kernel", iu, err)
 	} else if pgid, _ := syscall.Getpgid(iu.PID); pgid != vm.PID() {

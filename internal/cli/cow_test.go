@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"math/rand"
 	"os"
@@ -257,5 +258,94 @@ func TestCowCommands(t *testing.T) {
 	help, _, _ := runArgs(t, nil, "umlkit", "cow", "rebase", "--help")
 	if !strings.Contains(help, "RISK") {
 		t.Errorf("rebase help does not say what --refresh-mtime risks:\n%s", help)
+	}
+}
+
+// Old header versions, hand-made as the kernel lays them out, with data in
+// a few sectors: uml_moo and umlkit merge them to the same image.
+func TestOldVersionsAgainstUmlMoo(t *testing.T) {
+	moo := peer(t, "uml_moo")
+	dir := t.TempDir()
+	back := filepath.Join(dir, "root_fs")
+	const size = 64 << 10
+	img := writeImage(t, back, size, 4)
+	st, _ := os.Stat(back)
+	mtime := uint32(st.ModTime().Unix())
+	sectors := []int64{0, 5, 6, 127}
+	for _, tc := range []struct {
+		name   string
+		header func() []byte
+		bitmap int64 // bitmap offset
+		data   int64 // data offset
+	}{
+		{"v1", func() []byte {
+			b := make([]byte, 280)
+			binary.BigEndian.PutUint32(b, cow.Magic)
+			binary.BigEndian.PutUint32(b[4:], 1)
+			copy(b[8:], back)
+			binary.LittleEndian.PutUint32(b[264:], mtime)
+			binary.LittleEndian.PutUint64(b[268:], size)
+			binary.LittleEndian.PutUint32(b[276:], 512)
+			return b
+		}, 280, 512},
+		{"v2", func() []byte {
+			b := make([]byte, 4120)
+			binary.BigEndian.PutUint32(b, cow.Magic)
+			binary.BigEndian.PutUint32(b[4:], 2)
+			copy(b[8:], back)
+			binary.BigEndian.PutUint32(b[4104:], mtime)
+			binary.BigEndian.PutUint64(b[4108:], size)
+			binary.BigEndian.PutUint32(b[4116:], 512)
+			return b
+		}, 4120, 4608},
+		{"v3-broken64", func() []byte {
+			b := make([]byte, 4136)
+			binary.BigEndian.PutUint32(b, cow.Magic)
+			binary.BigEndian.PutUint32(b[4:], 3)
+			binary.BigEndian.PutUint32(b[8:], mtime)
+			binary.BigEndian.PutUint64(b[16:], size)
+			binary.BigEndian.PutUint32(b[24:], 512)
+			binary.BigEndian.PutUint32(b[28:], 4096)
+			copy(b[36:], back)
+			return b
+		}, 8192, 12288},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := filepath.Join(dir, tc.name+".cow")
+			f, err := os.Create(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.WriteAt(tc.header(), 0)
+			want := bytes.Clone(img)
+			bm := make([]byte, size/512/8)
+			for _, s := range sectors {
+				bm[s/8] |= 1 << (s % 8)
+				sec := bytes.Repeat([]byte{byte(s + 1)}, 512)
+				copy(sec, tc.name)
+				f.WriteAt(sec, tc.data+s*512)
+				copy(want[s*512:], sec)
+			}
+			f.WriteAt(bm, tc.bitmap)
+			f.Truncate(tc.data + size)
+			f.Close()
+			h, err := cow.ReadHeader(c)
+			if err != nil || h.BitmapOffset() != tc.bitmap || h.DataOffset() != tc.data {
+				t.Fatalf("ReadHeader = %+v, %v; want bitmap at %d, data at %d", h, err, tc.bitmap, tc.data)
+			}
+			theirs, ours := filepath.Join(dir, tc.name+".moo"), filepath.Join(dir, tc.name+".ours")
+			if out, err := exec.Command(moo, c, theirs).CombinedOutput(); err != nil {
+				t.Fatalf("uml_moo: %v %s", err, out)
+			}
+			outText, errText, code := runArgs(t, nil, "umlkit", "cow", "merge", c, ours)
+			if code != 0 {
+				t.Fatalf("cow merge = %d %s %s", code, outText, errText)
+			}
+			tb, _ := os.ReadFile(theirs)
+			ob, _ := os.ReadFile(ours)
+			if !bytes.Equal(tb, want) || !bytes.Equal(ob, want) {
+				t.Errorf("uml_moo output matches: %v; umlkit output matches: %v", bytes.Equal(tb, want), bytes.Equal(ob, want))
+			}
+		})
 	}
 }
