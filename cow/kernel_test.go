@@ -67,6 +67,26 @@ func TestKernelBootsOurCOW(t *testing.T) {
 	if !bytes.Equal(before, after) {
 		t.Error("the backing image changed")
 	}
+
+	// A safe rebase onto a different image keeps the disk: the new one
+	// has its superblock and more zeroed, so a rebase that missed a
+	// sector would not even mount.
+	other := filepath.Join(filepath.Dir(cp), "other.img")
+	changed := bytes.Clone(before)
+	clear(changed[1024:2048])
+	clear(changed[64<<10 : 256<<10])
+	if err := os.WriteFile(other, changed, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res, err := Rebase(context.Background(), cp, RebaseOptions{NewBacking: other})
+	if err != nil || !res.Compared || res.Copied < 2 {
+		t.Fatalf("safe Rebase = %+v, %v; want the differing sectors copied", res, err)
+	}
+	vm = umltest.Boot(t, umltest.Options{Root: cp, Umid: "cow-boot3"})
+	if out, _ := vm.Run("cat /root/marker"); strings.TrimSpace(out) != "persisted-42" {
+		t.Errorf("after the safe rebase /root/marker = %q, want persisted-42", out)
+	}
+	vm.Poweroff()
 }
 
 // The kernel creates and writes a COW file over a data disk; umlkit's
@@ -197,6 +217,24 @@ func TestKernelCOWInterop(t *testing.T) {
 	}
 	if !saw {
 		t.Error("the kernel did not report the mtime mismatch")
+	}
+	vm.Poweroff()
+
+	// Only the time changed: refresh it, then merge into the backing
+	// file. The backing file becomes the merged image, and the emptied
+	// COW file still opens in the kernel and shows the same disk.
+	if _, err := Rebase(context.Background(), kc, RebaseOptions{RefreshMtime: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := MergeIntoBacking(context.Background(), kc, IntoBackingOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if db, _ := os.ReadFile(data); !bytes.Equal(db, ob) {
+		t.Error("backing file after MergeIntoBacking differs from the merged image")
+	}
+	vm = umltest.Boot(t, umltest.Options{Umid: "cow-merged", Args: []string{"ubd1=" + kc + "," + data}})
+	if again, _ := vm.Run("dd if=/dev/ubdb bs=4096 count=1024 2>/dev/null | md5sum"); again != inGuest {
+		t.Errorf("disk after the merge into the backing file: md5 %q, before %q", again, inGuest)
 	}
 	vm.Poweroff()
 }
