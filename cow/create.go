@@ -44,7 +44,7 @@ func Create(cowPath, backing string, opts CreateOptions) (*Header, error) {
 		f, err := os.OpenFile(cowPath, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
 		if err != nil {
 			if errors.Is(err, fs.ErrExist) {
-				return nil, fmt.Errorf("create cow %s: the file exists; remove it or pass --force to replace it: %w", cowPath, fs.ErrExist)
+				return nil, fmt.Errorf("create cow %s: %w; remove it or pass --force to replace it", cowPath, fs.ErrExist)
 			}
 			return nil, fmt.Errorf("create cow: %w", err)
 		}

@@ -80,6 +80,14 @@ func Rebase(ctx context.Context, cowPath string, opts RebaseOptions) (*RebaseRes
 		res.RefreshMtime = mtime != h.Mtime
 		return res, d.Sync()
 	}
+	if opts.OldBacking == "" {
+		if ost, err := os.Stat(h.Backing); err == nil {
+			if nst, err := os.Stat(newPath); err == nil && os.SameFile(ost, nst) {
+				// Same file, new time: there is nothing to compare with.
+				return nil, fmt.Errorf("rebase: %w", CheckBacking(cowPath, h, h.Backing))
+			}
+		}
+	}
 	// Safe rebase: the old backing file must be intact.
 	d, err := Open(cowPath, OpenOptions{Write: true, Backing: opts.OldBacking})
 	if err != nil {
