@@ -169,6 +169,9 @@ func TestReadWriteModel(t *testing.T) {
 	if err := Merge(context.Background(), d, out, MergeOptions{Progress: func(done, total int64) { last = done }}); err != nil {
 		t.Fatal(err)
 	}
+	if err := Merge(context.Background(), d, back, MergeOptions{}); err == nil || !strings.Contains(err.Error(), "--into-backing") {
+		t.Errorf("Merge onto the backing file = %v, want a refusal", err)
+	}
 	d.Close()
 	mb, _ := os.ReadFile(out)
 	if !bytes.Equal(mb, model) || last != int64(len(model)) {

@@ -47,6 +47,13 @@ type MergeOptions struct {
 // same directory and renames it over out at the end, so an interrupted
 // merge leaves out untouched. Reading and writing overlap, in 1 MiB pieces.
 func Merge(ctx context.Context, d *Disk, out string, opts MergeOptions) (err error) {
+	if ost, err := os.Stat(out); err == nil {
+		for _, f := range []*os.File{d.f, d.back} {
+			if st, err := f.Stat(); err == nil && os.SameFile(st, ost) {
+				return fmt.Errorf("merge %s: the output %s is the COW file or its backing file; to write into the backing file use merge --into-backing", d.path, out)
+			}
+		}
+	}
 	size := d.Size()
 	if opts.WholeSectors {
 		size = d.h.Size / SectorSize * SectorSize
