@@ -147,8 +147,8 @@ func runMerge(b *testing.B, pct int) {
 	command := func(name string, args ...string) func() (time.Duration, error) {
 		return func() (time.Duration, error) {
 			cmd := exec.Command(name, args...)
-			if err := cmd.Run(); err != nil {
-				return 0, err
+			if out, err := cmd.CombinedOutput(); err != nil {
+				return 0, fmt.Errorf("%w: %s", err, out)
 			}
 			return cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), nil
 		}
