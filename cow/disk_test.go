@@ -430,7 +430,7 @@ func TestCheck(t *testing.T) {
 	if err != nil || len(ps) != 1 || !ps[0].Fatal || ps[0].Offset != h.BitmapOffset()+120/8 || !strings.Contains(ps[0].Message, "sectors 120-127") {
 		t.Errorf("Check(truncated) = %+v, %v; want sectors 120-127 past the end at the bitmap byte", ps, err)
 	}
-	if ps, _ := Check("testdata/bad-align0.cow"); len(ps) != 1 || ps[0].Offset != 24 {
+	if ps, _ := Check("testdata/bad-align0.hdr"); len(ps) != 1 || ps[0].Offset != 24 {
 		t.Errorf("Check(bad-align0) = %+v, want one problem at offset 24", ps)
 	}
 }

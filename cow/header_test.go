@@ -38,7 +38,7 @@ func TestGoldenHeaders(t *testing.T) {
 			if err := json.Unmarshal(b, &want); err != nil {
 				t.Fatal(err)
 			}
-			h, err := ReadHeader(filepath.Join("testdata", name+".cow"))
+			h, err := ReadHeader(filepath.Join("testdata", name+".hdr"))
 			if err != nil {
 				t.Fatalf("ReadHeader(%s) = %v", name, err)
 			}
@@ -53,7 +53,7 @@ func TestGoldenHeaders(t *testing.T) {
 
 // The writer's v3 header is byte for byte the golden v3 file.
 func TestMarshalGolden(t *testing.T) {
-	want, err := os.ReadFile("testdata/v3.cow")
+	want, err := os.ReadFile("testdata/v3.hdr")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,11 +66,11 @@ func TestMarshalGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	if string(got) != string(want) {
-		t.Errorf("MarshalBinary(ParseHeader(v3.cow)) differs from v3.cow")
+		t.Errorf("MarshalBinary(ParseHeader(v3.cow)) differs from v3.hdr")
 	}
 	// A kernel header with garbage after the path NUL parses to the same
 	// fields after a rewrite.
-	kb, _ := os.ReadFile("testdata/v3-kernel.cow")
+	kb, _ := os.ReadFile("testdata/v3-kernel.hdr")
 	kh, err := ParseHeader(kb)
 	if err != nil {
 		t.Fatal(err)
@@ -89,12 +89,12 @@ func TestBadHeaders(t *testing.T) {
 		reason string
 		is     error
 	}{
-		{"bad-short.cow", 6, "short header", io.ErrUnexpectedEOF},
-		{"bad-truncated-v3.cow", 1000, "truncated v3 header", io.ErrUnexpectedEOF},
-		{"bad-version.cow", 4, "unknown COW version 7", nil},
-		{"bad-align0.cow", 24, "align == 0", nil},
-		{"bad-noterm.cow", 32, "not NUL-terminated", nil},
-		{"bad-notcow.cow", 0, "no COW magic", ErrNotCOW},
+		{"bad-short.hdr", 6, "short header", io.ErrUnexpectedEOF},
+		{"bad-truncated-v3.hdr", 1000, "truncated v3 header", io.ErrUnexpectedEOF},
+		{"bad-version.hdr", 4, "unknown COW version 7", nil},
+		{"bad-align0.hdr", 24, "align == 0", nil},
+		{"bad-noterm.hdr", 32, "not NUL-terminated", nil},
+		{"bad-notcow.hdr", 0, "no COW magic", ErrNotCOW},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
 			path := filepath.Join("testdata", tc.file)
@@ -116,7 +116,10 @@ func TestBadHeaders(t *testing.T) {
 // Every prefix of every golden file gives a header or a *FormatError,
 // never a panic.
 func TestTruncatedPrefixes(t *testing.T) {
-	files, _ := filepath.Glob("testdata/*.cow")
+	files, _ := filepath.Glob("testdata/*.hdr")
+	if len(files) < 12 {
+		t.Fatalf("found %d header files in testdata, want the 6 good and 6 bad ones", len(files))
+	}
 	for _, f := range files {
 		b, _ := os.ReadFile(f)
 		for n := 0; n < len(b); n++ {
@@ -130,7 +133,7 @@ func TestTruncatedPrefixes(t *testing.T) {
 }
 
 func FuzzParseHeader(f *testing.F) {
-	files, _ := filepath.Glob("testdata/*.cow")
+	files, _ := filepath.Glob("testdata/*.hdr")
 	for _, p := range files {
 		b, err := os.ReadFile(p)
 		if err != nil {

@@ -130,7 +130,10 @@ func TestUmlToolsErrors(t *testing.T) {
 	os.WriteFile(v7, append([]byte("OOOM\x00\x00\x00\x07"), make([]byte, 5000)...), 0o644)
 	trunc := filepath.Join(dir, "trunc")
 	os.WriteFile(trunc, append([]byte("OOOM\x00\x00\x00\x03"), bytes.Repeat([]byte{1}, 100)...), 0o644)
-	align0, _ := os.ReadFile("../../cow/testdata/bad-align0.cow")
+	align0, err := os.ReadFile("../../cow/testdata/bad-align0.hdr")
+	if err != nil {
+		t.Fatal(err)
+	}
 	os.WriteFile(filepath.Join(dir, "align0"), align0, 0o644)
 	for _, tc := range []struct {
 		tool string
