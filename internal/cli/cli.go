@@ -42,6 +42,8 @@ func Tools() map[string]Tool {
 		umlNetTool(),
 		guestInitTool(),
 		umlMconsoleTool(),
+		umlMkcowTool(),
+		umlMooTool(),
 	}
 	m := make(map[string]Tool, len(ts))
 	for _, t := range ts {
@@ -120,6 +122,7 @@ network lab: copy-on-write disks, a switch, images, and Netkit/Kathara labs.`,
 		newGuestAgentCmd(stdio),
 		newVMCmd(stdio),
 		newMconsoleCmd(stdio),
+		newCowCmd(stdio),
 	)
 	addGroups(root)
 	return root
