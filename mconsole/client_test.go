@@ -356,3 +356,24 @@ func TestConcurrentCommands(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// After a reboot the kernel binds its socket anew at the same path; the
+// same client must reach the new socket.
+func TestClientFollowsRebind(t *testing.T) {
+	path := filepath.Join(umltest.ShortDir(t), "mconsole")
+	first := startPeer(t, path, func(string) []Packet { return []Packet{{Text: "first"}} })
+	c, err := DialPath(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if r, err := c.Command(context.Background(), "version"); err != nil || r.Text != "first" {
+		t.Fatalf("Command = %+v, %v", r, err)
+	}
+	first.conn.Close()
+	os.Remove(path)
+	startPeer(t, path, func(string) []Packet { return []Packet{{Text: "second"}} })
+	if r, err := c.Command(context.Background(), "version"); err != nil || r.Text != "second" {
+		t.Errorf("Command after the socket was bound again = %+v, %v; want the new socket's reply", r, err)
+	}
+}
