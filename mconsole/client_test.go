@@ -327,3 +327,53 @@ func TestListenSocketRules(t *testing.T) {
 		t.Error("Listen on a 120+ byte path succeeded")
 	}
 }
+
+// Commands from many goroutines share one client; each gets its own reply.
+func TestConcurrentCommands(t *testing.T) {
+	path := filepath.Join(umltest.ShortDir(t), "mconsole")
+	startPeer(t, path, func(req string) []Packet {
+		return []Packet{{More: true, Text: req}, {Text: "|" + req}}
+	})
+	c, err := DialPath(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 20 {
+				q := fmt.Sprintf("proc g%d-%d", g, i)
+				r, err := c.Command(context.Background(), q)
+				if err != nil || r.Text != q+"|"+q || r.Packets != 2 {
+					t.Errorf("Command(%q) = %+v, %v", q, r, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// After a reboot the kernel binds its socket anew at the same path; the
+// same client must reach the new socket.
+func TestClientFollowsRebind(t *testing.T) {
+	path := filepath.Join(umltest.ShortDir(t), "mconsole")
+	first := startPeer(t, path, func(string) []Packet { return []Packet{{Text: "first"}} })
+	c, err := DialPath(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if r, err := c.Command(context.Background(), "version"); err != nil || r.Text != "first" {
+		t.Fatalf("Command = %+v, %v", r, err)
+	}
+	first.conn.Close()
+	os.Remove(path)
+	startPeer(t, path, func(string) []Packet { return []Packet{{Text: "second"}} })
+	if r, err := c.Command(context.Background(), "version"); err != nil || r.Text != "second" {
+		t.Errorf("Command after the socket was bound again = %+v, %v; want the new socket's reply", r, err)
+	}
+}
