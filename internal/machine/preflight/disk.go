@@ -3,6 +3,7 @@ package preflight
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/umlkit/umlkit/cow"
 	"github.com/umlkit/umlkit/internal/machine/cmdline"
 )
 
@@ -111,7 +113,7 @@ func checkDisk(r *Report, c *cmdline.CommandLine, d *cmdline.Disk, opts Options,
 			return
 		}
 		// A single file with a COW header uses the backing file it names.
-		if h, err := readCOWHeader(file); err == nil {
+		if h, err := cow.ReadHeader(file); err == nil {
 			checkBacking(r, c, d, opts, file, h, "")
 		}
 		return
@@ -146,9 +148,9 @@ func checkDisk(r *Report, c *cmdline.CommandLine, d *cmdline.Disk, opts Options,
 		r.add(&Problem{Check: "cow", Arg: arg, Err: err, Message: fmt.Sprintf("disk %s: %v", d.Key(), err)})
 		return
 	}
-	h, err := readCOWHeader(file)
+	h, err := cow.ReadHeader(file)
 	switch {
-	case errors.Is(err, errShortHeader):
+	case errors.Is(err, io.ErrUnexpectedEOF):
 		what := "is empty"
 		if st.Size() > 0 {
 			what = fmt.Sprintf("is only %d bytes, shorter than a COW header", st.Size())
@@ -157,7 +159,7 @@ func checkDisk(r *Report, c *cmdline.CommandLine, d *cmdline.Disk, opts Options,
 			Message: fmt.Sprintf("COW file %s %s: the kernel would refuse it (read_cow_header - short header) instead of creating it", file, what),
 			Fix:     fmt.Sprintf("remove it (rm %s): the kernel creates a missing COW file", file)})
 		return
-	case errors.Is(err, errNoMagic):
+	case errors.Is(err, cow.ErrNotCOW):
 		r.add(&Problem{Check: "cow-not-cow", Arg: arg, Err: ErrNotCOW,
 			Message: fmt.Sprintf("%s is given as the COW file over %s but is not a COW file (no COW header)", file, backing),
 			Fix:     fmt.Sprintf("give a new COW file name (the kernel creates it), or use %s alone: ubd%d=%s", file, d.Index, d.File)})
@@ -176,10 +178,10 @@ func checkDisk(r *Report, c *cmdline.CommandLine, d *cmdline.Disk, opts Options,
 // does: the command line's backing file is used when it has the header's
 // size and mtime (the kernel then rewrites the header to it); otherwise
 // the header's own path must still have them.
-func checkBacking(r *Report, c *cmdline.CommandLine, d *cmdline.Disk, opts Options, cow string, h *cowHeader, given string) {
+func checkBacking(r *Report, c *cmdline.CommandLine, d *cmdline.Disk, opts Options, cowPath string, h *cow.Header, given string) {
 	arg := d.String()
 	matches := func(st os.FileInfo) bool {
-		return uint32(st.ModTime().Unix()) == h.MTime && (!st.Mode().IsRegular() || uint64(st.Size()) == h.Size)
+		return uint32(st.ModTime().Unix()) == uint32(h.Mtime) && (!st.Mode().IsRegular() || st.Size() == h.Size)
 	}
 	backing := h.Backing
 	if given != "" {
@@ -190,32 +192,32 @@ func checkBacking(r *Report, c *cmdline.CommandLine, d *cmdline.Disk, opts Optio
 	st, err := os.Stat(backing)
 	if err != nil {
 		r.add(&Problem{Check: "disk-missing", Arg: arg, Err: ErrMissing,
-			Message: fmt.Sprintf("COW file %s names backing file %s, which is not there (%v)", cow, h.Backing, errors.Unwrap(err)),
-			Fix:     fmt.Sprintf("give the image it was made over: ubd%d=%s,IMAGE (the kernel accepts it if its size and mtime match), or umlkit cow rebase %s IMAGE", d.Index, d.File, cow)})
+			Message: fmt.Sprintf("COW file %s names backing file %s, which is not there (%v)", cowPath, h.Backing, errors.Unwrap(err)),
+			Fix:     fmt.Sprintf("give the image it was made over: ubd%d=%s,IMAGE (the kernel accepts it if its size and mtime match), or umlkit cow rebase %s IMAGE", d.Index, d.File, cowPath)})
 		return
 	}
 	if !matches(st) {
 		kind, what := "mtime", fmt.Sprintf("it was modified at %s, the COW header says %s",
-			st.ModTime().UTC().Format(time.RFC3339), time.Unix(int64(h.MTime), 0).UTC().Format(time.RFC3339))
-		if st.Mode().IsRegular() && uint64(st.Size()) != h.Size {
+			st.ModTime().UTC().Format(time.RFC3339), time.Unix(h.Mtime, 0).UTC().Format(time.RFC3339))
+		if st.Mode().IsRegular() && st.Size() != h.Size {
 			kind, what = "size", fmt.Sprintf("its size is now %d bytes, the COW header says %d", st.Size(), h.Size)
 		}
-		fix := fmt.Sprintf("if only the timestamp changed (touch, cp without -p), accept the new one: umlkit cow rebase %s %s; if the image's content changed, the COW data no longer fits it: start from a new COW file (rm %s)", cow, backing, cow)
+		fix := fmt.Sprintf("if only the timestamp changed (touch, cp without -p), accept the new one: umlkit cow rebase %s %s; if the image's content changed, the COW data no longer fits it: start from a new COW file (rm %s)", cowPath, backing, cowPath)
 		if kind == "size" {
-			fix = fmt.Sprintf("the image itself changed, so the COW data no longer fits it: go back to the image the COW file was made over, or start from a new COW file (rm %s)", cow)
+			fix = fmt.Sprintf("the image itself changed, so the COW data no longer fits it: go back to the image the COW file was made over, or start from a new COW file (rm %s)", cowPath)
 		}
 		r.add(&Problem{Check: "cow-stale", Arg: arg, Err: ErrBackingChanged,
-			Message: fmt.Sprintf("backing file %s of COW file %s changed since the COW file was made (%s): the kernel would refuse the disk (%s mismatch)", backing, cow, what, kind),
+			Message: fmt.Sprintf("backing file %s of COW file %s changed since the COW file was made (%s): the kernel would refuse the disk (%s mismatch)", backing, cowPath, what, kind),
 			Fix:     fix})
 		return
 	}
 	if !d.Shared {
-		checkLock(r, c, d, opts, backing, false, cow)
+		checkLock(r, c, d, opts, backing, false, cowPath)
 	}
 }
 
 // checkLock reports a running instance whose lock on path would make the
-// kernel's F_SETLK fail. cow, when set, is the COW file path is the backing
+// kernel's F_SETLK fail. cowPath, when set, is the COW file path is the backing
 // file of.
 func checkLock(r *Report, c *cmdline.CommandLine, d *cmdline.Disk, opts Options, path string, write bool, cow string) {
 	pid, theyWrite, err := probeLock(path, write)

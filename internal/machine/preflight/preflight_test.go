@@ -3,7 +3,6 @@ package preflight
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -360,68 +359,6 @@ func TestNotifySocket(t *testing.T) {
 	if r := e.check(t, "mconsole=notify:"+s+"/notify"); len(r.Problems) != 0 {
 		t.Errorf("bound notify socket: %v", r.Problems)
 	}
-}
-
-// TestCOWHeaderLayouts reads hand-made headers of every version.
-func TestCOWHeaderLayouts(t *testing.T) {
-	be, le := binary.BigEndian, binary.LittleEndian
-	v1 := make([]byte, 280)
-	le.PutUint32(v1, cowMagic)
-	le.PutUint32(v1[4:], 1)
-	copy(v1[8:], "/img/v1")
-	le.PutUint32(v1[264:], 1000)
-	le.PutUint64(v1[268:], 1<<20)
-	v2 := make([]byte, 4120)
-	be.PutUint32(v2, cowMagic)
-	be.PutUint32(v2[4:], 2)
-	copy(v2[8:], "/img/v2")
-	be.PutUint32(v2[4104:], 2000)
-	be.PutUint64(v2[4108:], 2<<20)
-	v3 := make([]byte, 4128)
-	be.PutUint32(v3, cowMagic)
-	be.PutUint32(v3[4:], 3)
-	be.PutUint32(v3[8:], 3000)
-	be.PutUint64(v3[12:], 3<<20)
-	copy(v3[32:], "/img/v3\x00garbage")
-	broken := make([]byte, 4136)
-	be.PutUint32(broken, cowMagic)
-	be.PutUint32(broken[4:], 3)
-	be.PutUint32(broken[8:], 4000)
-	be.PutUint64(broken[16:], 4<<20)
-	copy(broken[36:], "/img/v3b")
-	for _, tc := range []struct {
-		name string
-		b    []byte
-		want cowHeader
-	}{
-		{"v1", v1, cowHeader{1, "/img/v1", 1 << 20, 1000}},
-		{"v2", v2, cowHeader{2, "/img/v2", 2 << 20, 2000}},
-		{"v3", v3, cowHeader{3, "/img/v3", 3 << 20, 3000}},
-		{"broken v3", broken, cowHeader{3, "/img/v3b", 4 << 20, 4000}},
-	} {
-		h, err := parseCOWHeader(tc.b)
-		if err != nil || *h != tc.want {
-			t.Errorf("%s: parseCOWHeader = %+v, %v; want %+v", tc.name, h, err, tc.want)
-		}
-		if _, err := parseCOWHeader(tc.b[:len(tc.b)-1]); !errors.Is(err, errShortHeader) {
-			t.Errorf("%s cut short: err = %v, want errShortHeader", tc.name, err)
-		}
-	}
-	if _, err := parseCOWHeader(make([]byte, 4136)); !errors.Is(err, errNoMagic) {
-		t.Errorf("zeros: err = %v, want errNoMagic", err)
-	}
-}
-
-func FuzzCOWHeader(f *testing.F) {
-	f.Add([]byte("OOOM\x00\x00\x00\x03"))
-	f.Add(append([]byte("OOOM\x00\x00\x00\x02"), make([]byte, 4112)...))
-	f.Add(append([]byte("MOOO\x01\x00\x00\x00"), make([]byte, 272)...))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		h, err := parseCOWHeader(b)
-		if (h == nil) == (err == nil) {
-			t.Fatalf("parseCOWHeader = %v, %v", h, err)
-		}
-	})
 }
 
 // BenchmarkCheckSeed measures what the checks add before a boot, for the
