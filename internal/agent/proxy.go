@@ -19,28 +19,7 @@ func Proxy(ctx context.Context, conn io.ReadWriter, upstream *Client) error {
 	if err := p.sendHello(); err != nil {
 		return err
 	}
-	rd := newReader(conn, func(total uint64) {
-		var b [8]byte
-		binary.BigEndian.PutUint64(b[:], total)
-		p.w.send(tAck, 0, b[:])
-	})
-	errc := make(chan error, 1)
-	go func() {
-		for {
-			f, err := rd.next()
-			if err != nil {
-				errc <- err
-				return
-			}
-			p.handle(f)
-		}
-	}()
-	var err error
-	select {
-	case err = <-errc:
-	case <-ctx.Done():
-		err = ctx.Err()
-	}
+	err := serveFrames(ctx, conn, p.w, p.handle)
 	p.mu.Lock()
 	for _, s := range p.sessions {
 		s.stdin.CloseWithError(io.ErrClosedPipe)

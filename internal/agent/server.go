@@ -50,10 +50,21 @@ func Serve(ctx context.Context, rw io.ReadWriter, opts ServeOptions) error {
 	if err := s.sendHello(); err != nil {
 		return err
 	}
-	rd := newReader(rw, func(total uint64) {
+	err := serveFrames(ctx, rw, s.w, s.handle)
+	if ctx.Err() == nil {
+		s.wg.Wait()
+	}
+	return err
+}
+
+// serveFrames is the guest-side read loop (Serve and Proxy): it hands each
+// frame from r to handle, acknowledging what it read off r through w, until
+// r fails or ctx ends.
+func serveFrames(ctx context.Context, r io.Reader, w *writer, handle func(frame)) error {
+	rd := newReader(r, func(total uint64) {
 		var b [8]byte
 		binary.BigEndian.PutUint64(b[:], total)
-		s.w.send(tAck, 0, b[:])
+		w.send(tAck, 0, b[:])
 	})
 	errc := make(chan error, 1)
 	go func() {
@@ -63,12 +74,11 @@ func Serve(ctx context.Context, rw io.ReadWriter, opts ServeOptions) error {
 				errc <- err
 				return
 			}
-			s.handle(f)
+			handle(f)
 		}
 	}()
 	select {
 	case err := <-errc:
-		s.wg.Wait()
 		return err
 	case <-ctx.Done():
 		return ctx.Err()
