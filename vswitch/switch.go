@@ -249,21 +249,29 @@ type PortOptions struct {
 // SOCK_SEQPACKET), on a bad frame, on Disconnect, or on Close. It returns
 // the port number.
 func (s *Switch) Attach(c PacketConn, opts PortOptions) (int, error) {
+	p, err := s.attach(c, opts)
+	if err != nil {
+		return 0, err
+	}
+	return p.id, nil
+}
+
+func (s *Switch) attach(c PacketConn, opts PortOptions) (*port, error) {
 	p, err := s.newPort(c, opts)
 	if err != nil {
 		c.Close()
-		return 0, err
+		return nil, err
 	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		p.release()
-		return 0, ErrClosed
+		return nil, ErrClosed
 	}
 	if len(s.byID) >= s.cfg.MaxPorts {
 		s.mu.Unlock()
 		p.release()
-		return 0, fmt.Errorf("attach %s port %s: %w (%d ports)", opts.Kind, opts.Peer, ErrFull, s.cfg.MaxPorts)
+		return nil, fmt.Errorf("attach %s port %s: %w (%d ports)", opts.Kind, opts.Peer, ErrFull, s.cfg.MaxPorts)
 	}
 	id := opts.ID
 	if id <= 0 || s.byID[id] != nil {
@@ -278,7 +286,7 @@ func (s *Switch) Attach(c PacketConn, opts PortOptions) (int, error) {
 	go p.readLoop()
 	go p.writeLoop()
 	s.log.Info("port connected", "port", id, "kind", p.kind, "peer", p.peer)
-	return id, nil
+	return p, nil
 }
 
 // publish rebuilds the flood list; s.mu must be held.
