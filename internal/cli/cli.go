@@ -104,6 +104,7 @@ network lab: copy-on-write disks, a switch, images, and Netkit/Kathara labs.`,
 		newDoctorCmd(stdio),
 		newDemoCmd(stdio),
 		newToolsCmd(stdio),
+		newSwitchCmd(stdio),
 	)
 	addGroups(root)
 	return root
