@@ -1,12 +1,17 @@
 package vswitch
 
 import (
+	"bytes"
 	"fmt"
 	"log/slog"
+	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/umlkit/umlkit/internal/umltest"
 )
@@ -113,8 +118,17 @@ func TestKernelDaemon(t *testing.T) {
 	waitPorts(t, s, 0)
 }
 
-// A BESS instance and a daemon instance on one switch.
+func vdeNIC(dir string, n int) nic {
+	return nic{fmt.Sprintf("eth0=vde,%s,02:00:00:00:01:%02x", dir, n), "eth0"}
+}
+
+// A BESS instance, a daemon instance and a vde instance (the kernel runs
+// the real vde_plug, a libvdeplug client of our daemon socket) on one
+// switch.
 func TestKernelMixed(t *testing.T) {
+	if _, err := exec.LookPath("vde_plug"); err != nil {
+		t.Fatalf("vde_plug is needed: apt-get install vdeplug (make setup installs it): %v", err)
+	}
 	dir := umltest.ShortDir(t)
 	sock, ctl := filepath.Join(dir, "bess"), filepath.Join(dir, "ctl")
 	s := newSwitch(t, Config{Logger: testLogger(t)})
@@ -124,16 +138,21 @@ func TestKernelMixed(t *testing.T) {
 	if err := s.ListenDaemon(ctl, ListenOptions{GID: -1}); err != nil {
 		t.Fatal(err)
 	}
-	vms := bootAll(t, bessNIC(sock, 1), daemonNIC(ctl, 2))
+	vms := bootAll(t, bessNIC(sock, 1), daemonNIC(ctl, 2), vdeNIC(dir, 3))
 	ping(t, vms[0], "10.0.0.2")
 	ping(t, vms[1], "10.0.0.1")
-	kinds := map[string]bool{}
+	ping(t, vms[2], "10.0.0.1")
+	ping(t, vms[2], "10.0.0.2")
+	kinds := map[string]int{}
+	vde := false
 	for _, p := range s.Ports() {
-		kinds[p.Kind] = true
+		kinds[p.Kind]++
+		vde = vde || strings.Contains(p.Peer, "UML vde_transport")
 	}
-	if !kinds["bess"] || !kinds["daemon"] {
-		t.Errorf("ports %+v, want a bess and a daemon port", s.Ports())
+	if kinds["bess"] != 1 || kinds["daemon"] != 2 || !vde {
+		t.Errorf("ports %+v, want a bess port and two daemon ports, one of them vde_plug's", s.Ports())
 	}
+	checkLearned(t, s, 3)
 	poweroffAll(vms)
 }
 
@@ -148,4 +167,142 @@ func checkLearned(t *testing.T, s *Switch, n int) {
 	if got != n {
 		t.Errorf("MACs() = %+v, want the %d instances' addresses", s.MACs(), n)
 	}
+}
+
+// rxPackets reads a guest interface's receive counter.
+func rxPackets(t *testing.T, vm *umltest.Instance, dev string) int {
+	t.Helper()
+	out, st := vm.Run("cat /sys/class/net/" + dev + "/statistics/rx_packets")
+	n, err := strconv.Atoi(strings.TrimSpace(out))
+	if st != 0 || err != nil {
+		t.Fatalf("%s: rx_packets: %q, %d", vm.Umid, out, st)
+	}
+	return n
+}
+
+// In hub mode a third instance receives the unicast between two others;
+// in switch mode it does not.
+func TestKernelHubAndSwitch(t *testing.T) {
+	sock := filepath.Join(umltest.ShortDir(t), "bess")
+	s := newSwitch(t, Config{Hub: true, Logger: testLogger(t)})
+	if err := s.ListenBESS(sock, ListenOptions{GID: -1}); err != nil {
+		t.Fatal(err)
+	}
+	vms := bootAll(t, bessNIC(sock, 1), bessNIC(sock, 2), bessNIC(sock, 3))
+	ping(t, vms[0], "10.0.0.2") // ARP done
+	before := rxPackets(t, vms[2], "vec0")
+	if out, st := vms[0].Run("ping -c 6 -i 0.2 10.0.0.2"); st != 0 {
+		t.Fatalf("ping: %s", out)
+	}
+	hub := rxPackets(t, vms[2], "vec0") - before
+	if hub < 12 {
+		t.Errorf("hub mode: the third instance received %d frames during 6 pings between the others, want at least 12", hub)
+	}
+	s.SetHub(false)
+	ping(t, vms[0], "10.0.0.2") // learn both
+	before = rxPackets(t, vms[2], "vec0")
+	if out, st := vms[0].Run("ping -c 6 -i 0.2 10.0.0.2"); st != 0 {
+		t.Fatalf("ping: %s", out)
+	}
+	sw := rxPackets(t, vms[2], "vec0") - before
+	if sw > 2 {
+		t.Errorf("switch mode: the third instance received %d frames during 6 pings between the others, want none", sw)
+	}
+	t.Logf("third instance received %d frames in hub mode, %d in switch mode", hub, sw)
+	poweroffAll(vms)
+}
+
+// Instances on different access VLANs cannot reach each other; a trunk
+// port carries both VLANs, tagged.
+func TestKernelVLANs(t *testing.T) {
+	dir := umltest.ShortDir(t)
+	s10, s20 := filepath.Join(dir, "b10"), filepath.Join(dir, "b20")
+	s := newSwitch(t, Config{Logger: testLogger(t)})
+	if err := s.ListenBESS(s10, ListenOptions{GID: -1, VLAN: 10}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ListenBESS(s20, ListenOptions{GID: -1, VLAN: 20}); err != nil {
+		t.Fatal(err)
+	}
+	trunk := attach(t, s, PortOptions{Kind: "trunk", VLAN: 1, Trunk: []int{10, 20}})
+	vms := bootAll(t, bessNIC(s10, 1), bessNIC(s20, 2), bessNIC(s10, 3))
+	ping(t, vms[0], "10.0.0.3")
+	if out, st := vms[0].Run("ping -c 2 -W 2 10.0.0.2"); st == 0 {
+		t.Errorf("VLAN 10 reached VLAN 20:\n%s", out)
+	}
+	vms[1].Run("ping -c 1 -W 1 10.0.0.1")
+	// The trunk saw tagged frames of both VLANs.
+	seen := map[uint16]bool{}
+	buf := make([]byte, 2000)
+	for !seen[10] || !seen[20] {
+		trunk.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, err := trunk.c.Read(buf)
+		if err != nil {
+			t.Fatalf("trunk: %v; saw VLANs %v, want 10 and 20", err, seen)
+		}
+		if vid, tagged, ok := parseVLAN(buf[:n]); ok && tagged {
+			seen[vid] = true
+		} else {
+			t.Fatalf("trunk received an untagged frame %x", head(buf[:n]))
+		}
+	}
+	poweroffAll(vms)
+}
+
+// The management socket's capture, read back by tcpdump, shows the ICMP
+// exchange.
+func TestKernelCapture(t *testing.T) {
+	dir := umltest.ShortDir(t)
+	sock, mgmt := filepath.Join(dir, "bess"), filepath.Join(dir, "mgmt")
+	s := newSwitch(t, Config{Logger: testLogger(t)})
+	if err := s.ListenBESS(sock, ListenOptions{GID: -1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ListenManagement(mgmt, ListenOptions{GID: -1}); err != nil {
+		t.Fatal(err)
+	}
+	vms := bootAll(t, bessNIC(sock, 1), bessNIC(sock, 2))
+	pcap := filepath.Join(dir, "cap.pcap")
+	f, err := os.Create(pcap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	capErr := make(chan error, 1)
+	cl := &Client{Path: mgmt}
+	go func() { capErr <- cl.Capture(f, 0, 0, stop) }()
+	// A second capture at once, of port 2 only.
+	var port2 bytes.Buffer
+	capErr2 := make(chan error, 1)
+	go func() { capErr2 <- cl.Capture(&port2, 2, 0, stop) }()
+	for range 500 {
+		if cs := s.captures.Load(); cs != nil && len(*cs) == 2 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	ping(t, vms[0], "10.0.0.2")
+	close(stop)
+	if err := <-capErr; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-capErr2; err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	out, err := exec.Command("tcpdump", "-n", "-r", pcap).CombinedOutput()
+	if err != nil {
+		t.Fatalf("tcpdump -r: %v\n%s", err, out)
+	}
+	t.Logf("tcpdump -r:\n%s", out)
+	if !strings.Contains(string(out), "10.0.0.1 > 10.0.0.2: ICMP echo request") || !strings.Contains(string(out), "10.0.0.2 > 10.0.0.1: ICMP echo reply") {
+		t.Errorf("capture lacks the ICMP exchange")
+	}
+	p2 := filepath.Join(dir, "p2.pcap")
+	os.WriteFile(p2, port2.Bytes(), 0o600)
+	out, err = exec.Command("tcpdump", "-n", "-r", p2).CombinedOutput()
+	if err != nil || strings.Contains(string(out), "echo request") || !strings.Contains(string(out), "echo reply") {
+		t.Errorf("port 2 capture (%v) should hold the replies only:\n%s", err, out)
+	}
+	poweroffAll(vms)
 }
