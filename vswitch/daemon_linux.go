@@ -64,6 +64,10 @@ func (s *Switch) ListenDaemon(ctl string, o ListenOptions) error {
 }
 
 // readRequest reads one request within the handshake timeout.
+// errProbe is a connection closed without a byte: someone checking that
+// the socket is alive, not a bad client.
+var errProbe = errors.New("connection closed before a request")
+
 func (d *daemonServer) readRequest(c *net.UnixConn) ([]byte, error) {
 	c.SetReadDeadline(time.Now().Add(d.s.cfg.HandshakeTimeout))
 	buf := make([]byte, 2*RequestMaxLen)
@@ -80,6 +84,9 @@ func (d *daemonServer) readRequest(c *net.UnixConn) ([]byte, error) {
 				if n >= 8 {
 					// A whole short request: let the parser say what is wrong.
 					return buf[:n], nil
+				}
+				if n == 0 {
+					return nil, errProbe
 				}
 				return nil, fmt.Errorf("connection closed after %d bytes, before a request", n)
 			default:
@@ -112,7 +119,11 @@ func (d *daemonServer) serve(c *net.UnixConn) {
 			}
 		}
 	}
-	s.warn.warn("bad-request", "daemon client rejected: closing its connection", "sock", d.ctl, "pid", pid, "err", err)
+	if errors.Is(err, errProbe) {
+		s.log.Debug("control connection closed without a request", "sock", d.ctl, "pid", pid)
+	} else {
+		s.warn.warn("bad-request", "daemon client rejected: closing its connection", "sock", d.ctl, "pid", pid, "err", err)
+	}
 	c.Close()
 }
 

@@ -306,3 +306,45 @@ func TestKernelCapture(t *testing.T) {
 	}
 	poweroffAll(vms)
 }
+
+// The host side, in a network namespace the test creates, pings an
+// instance through a TAP port.
+func TestKernelTAP(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatalf("TAP ports and network namespaces need root: run the tests as root (make test does)")
+	}
+	ns := fmt.Sprintf("umlkit-sw-%d", os.Getpid())
+	tap := fmt.Sprintf("umlsw%d", os.Getpid()%100000)
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v: %s", ns, err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	sock := filepath.Join(umltest.ShortDir(t), "bess")
+	s := newSwitch(t, Config{Logger: testLogger(t)})
+	if err := s.ListenBESS(sock, ListenOptions{GID: -1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.AttachTAP(tap, PortOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"ip", "link", "set", tap, "netns", ns},
+		{"ip", "-n", ns, "addr", "add", "10.0.0.100/24", "dev", tap},
+		{"ip", "-n", ns, "link", "set", tap, "up"},
+	} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v: %s", args, err, out)
+		}
+	}
+	vms := bootAll(t, bessNIC(sock, 1))
+	out, err := exec.Command("ip", "netns", "exec", ns, "ping", "-c", "3", "-W", "5", "10.0.0.1").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ping from the namespace through %s: %v\n%s", tap, err, out)
+	}
+	t.Logf("%s", out)
+	ping(t, vms[0], "10.0.0.100")
+	if p := findPort(s, 1); p.Kind != "tap" || p.RxFrames == 0 || p.TxFrames == 0 {
+		t.Errorf("tap port = %+v, want frames both ways", p)
+	}
+	poweroffAll(vms)
+}

@@ -40,6 +40,7 @@ type port struct {
 	wfile     *os.File        // a dup of the socket for the writer, so that its
 	wrc       syscall.RawConn // wait for room does not hold rc's write lock
 	seqpacket bool
+	tap       bool // a TAP device: read(2) and writev(2), one frame each
 	vlan      atomic.Uint32
 	trunk     atomic.Pointer[vlanSet]
 	q         chan *frame
@@ -62,6 +63,7 @@ type port struct {
 	dmsg   unix.Msghdr
 	diov   [3]unix.Iovec
 	dErr   unix.Errno
+	dTap   bool
 	sendFn func(uintptr) bool
 
 	// Owned by the writer goroutine.
@@ -75,6 +77,10 @@ type port struct {
 }
 
 func (s *Switch) newPort(c PacketConn, opts PortOptions) (*port, error) {
+	return s.newPortKind(c, opts, false)
+}
+
+func (s *Switch) newPortKind(c PacketConn, opts PortOptions, tap bool) (*port, error) {
 	vlan := opts.VLAN
 	if vlan == 0 {
 		vlan = DefaultVLAN
@@ -89,7 +95,11 @@ func (s *Switch) newPort(c PacketConn, opts PortOptions) (*port, error) {
 	var typ, dup int
 	var serr, derr error
 	if err := rc.Control(func(fd uintptr) {
-		typ, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TYPE)
+		if tap {
+			typ = unix.SOCK_DGRAM
+		} else {
+			typ, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TYPE)
+		}
 		if serr == nil {
 			dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
 		}
@@ -118,7 +128,8 @@ func (s *Switch) newPort(c PacketConn, opts PortOptions) (*port, error) {
 	n := s.cfg.Batch
 	p := &port{
 		s: s, kind: opts.Kind, peer: opts.Peer, conn: c, rc: rc, wfile: wfile, wrc: wrc,
-		seqpacket: typ == unix.SOCK_SEQPACKET,
+		seqpacket: typ == unix.SOCK_SEQPACKET && !tap,
+		tap:       tap,
 		q:         make(chan *frame, s.cfg.QueueLen),
 		done:      make(chan struct{}),
 		onClose:   opts.OnClose,
@@ -233,6 +244,20 @@ func setIov(iov []unix.Iovec, f *frame, tagged bool) int {
 }
 
 func (p *port) recv(fd uintptr) bool {
+	if p.tap {
+		f := p.rx[0]
+		r, _, e := unix.Syscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&f.buf[0])), uintptr(len(f.buf)))
+		if e == unix.EAGAIN {
+			return false
+		}
+		p.rxmsgs[0].Len = uint32(r)
+		p.rxmsgs[0].Hdr.Flags = 0
+		p.rxN, p.rxErr = 1, e
+		if e != 0 {
+			p.rxN = 0
+		}
+		return true
+	}
 	r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&p.rxmsgs[0])), uintptr(len(p.rxmsgs)), unix.MSG_DONTWAIT, 0, 0)
 	if e == unix.EAGAIN {
 		return false
@@ -293,6 +318,10 @@ func (p *port) readLoop() {
 // sendOne sends the message in p.dmsg without blocking; p is the
 // ingress port, fd the egress socket.
 func (p *port) sendOne(fd uintptr) bool {
+	if p.dTap {
+		_, _, p.dErr = unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(p.dmsg.Iov)), uintptr(p.dmsg.Iovlen))
+		return true
+	}
 	_, _, p.dErr = unix.Syscall(unix.SYS_SENDMSG, fd, uintptr(unsafe.Pointer(&p.dmsg)), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
 	return true
 }
@@ -303,6 +332,7 @@ func (p *port) sendDirect(q *port, f *frame, tagged bool) (sent, again bool) {
 	n := setIov(p.diov[:], f, tagged)
 	p.dmsg.Iov = &p.diov[0]
 	p.dmsg.SetIovlen(n)
+	p.dTap = q.tap
 	if err := q.rc.Write(p.sendFn); err != nil {
 		return false, false
 	}
@@ -317,6 +347,25 @@ func (p *port) sendDirect(q *port, f *frame, tagged bool) (sent, again bool) {
 }
 
 func (p *port) sendBatch(fd uintptr) bool {
+	if p.tap {
+		i := p.wFrom
+		p.wErr = 0
+		for ; i < len(p.tx); i++ {
+			h := &p.txmsgs[i].Hdr
+			_, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(h.Iov)), uintptr(h.Iovlen))
+			if e == unix.EAGAIN && i == p.wFrom {
+				return false
+			}
+			if e != 0 {
+				if i == p.wFrom {
+					p.wErr = e
+				}
+				break
+			}
+		}
+		p.wN = i - p.wFrom
+		return true
+	}
 	r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&p.txmsgs[p.wFrom])), uintptr(len(p.tx)-p.wFrom), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, 0, 0)
 	if e == unix.EAGAIN {
 		return false

@@ -262,16 +262,25 @@ func (s *Switch) attach(c PacketConn, opts PortOptions) (*port, error) {
 		c.Close()
 		return nil, err
 	}
+	if err := s.start(p, opts); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// start numbers p, adds it to the switch and starts its goroutines; on
+// failure it releases p.
+func (s *Switch) start(p *port, opts PortOptions) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		p.release()
-		return nil, ErrClosed
+		return ErrClosed
 	}
 	if len(s.byID) >= s.cfg.MaxPorts {
 		s.mu.Unlock()
 		p.release()
-		return nil, fmt.Errorf("attach %s port %s: %w (%d ports)", opts.Kind, opts.Peer, ErrFull, s.cfg.MaxPorts)
+		return fmt.Errorf("attach %s port %s: %w (%d ports)", opts.Kind, opts.Peer, ErrFull, s.cfg.MaxPorts)
 	}
 	id := opts.ID
 	if id <= 0 || s.byID[id] != nil {
@@ -286,7 +295,7 @@ func (s *Switch) attach(c PacketConn, opts PortOptions) (*port, error) {
 	go p.readLoop()
 	go p.writeLoop()
 	s.log.Info("port connected", "port", id, "kind", p.kind, "peer", p.peer)
-	return p, nil
+	return nil
 }
 
 // publish rebuilds the flood list; s.mu must be held.

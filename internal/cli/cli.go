@@ -37,7 +37,7 @@ type Tool struct {
 // Tools lists the programs umlkit can be invoked as. Install a link named
 // after one (for example ln -s umlkit uml_mkcow) to get that tool.
 func Tools() map[string]Tool {
-	ts := []Tool{}
+	ts := []Tool{umlSwitchTool()}
 	m := make(map[string]Tool, len(ts))
 	for _, t := range ts {
 		m[t.Name] = t

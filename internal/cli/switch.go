@@ -72,6 +72,8 @@ type switchOptions struct {
 	queue    int
 	logJSON  bool
 	verbose  bool
+	taps     []string
+	classic  bool // invoked as uml_switch: announce like it
 }
 
 func newSwitchCmd(stdio IO) *cobra.Command {
@@ -87,7 +89,8 @@ or the uml_switch daemon protocol (kernels up to 6.15), which vde_plug
 also speaks:
   linux ... eth0=daemon,,unix,DIR/ctl        vde_plug DIR
 
-With neither --bess nor --unix the switch serves both in DIR
+Host TAP devices join with --tap NAME (as root), for connectivity with the
+host. With neither --bess nor --unix the switch serves both in DIR
 (RUNTIME/switches/NAME); with either, only the sockets asked for. Socket
 files are created mode 0600 (see --mode and --group); a stale socket
 file is replaced only after dialing it finds nothing listening.
@@ -109,6 +112,7 @@ While it runs, 'umlkit switch ports|macs|stats' show its state and
 	f.IntVar(&o.maxPorts, "max-ports", vswitch.DefaultMaxPorts, "most ports at once")
 	f.DurationVar(&o.macAge, "mac-age", vswitch.DefaultMACAge, "forget an address after this long without frames")
 	f.IntVar(&o.queue, "queue", vswitch.DefaultQueueLen, "output queue of each port, in frames")
+	f.StringArrayVar(&o.taps, "tap", nil, "add host TAP device `NAME` as a port, creating it if needed (repeatable)")
 	f.BoolVar(&o.logJSON, "log-json", false, "log JSON lines instead of text")
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "log debug messages too")
 	cmd.AddCommand(
@@ -180,6 +184,12 @@ func runSwitch(ctx context.Context, o switchOptions, stdio IO) error {
 		}
 		serving = append(serving, "daemon "+p.unix)
 	}
+	for _, tap := range o.taps {
+		if _, err := s.AttachTAP(tap, vswitch.PortOptions{VLAN: o.vlan}); err != nil {
+			return err
+		}
+		serving = append(serving, "tap "+tap)
+	}
 	mlo := lo
 	mlo.Mode = os.FileMode(mode) &^ 0o007
 	if err := s.ListenManagement(p.mgmt, mlo); err != nil {
@@ -189,7 +199,14 @@ func runSwitch(ctx context.Context, o switchOptions, stdio IO) error {
 	if o.hub {
 		mode0 = "hub"
 	}
-	fmt.Fprintf(stdio.Out, "umlkit %s running: %s; management %s (Ctrl-C stops it)\n", mode0, strings.Join(serving, ", "), p.mgmt)
+	if o.classic {
+		fmt.Fprintf(stdio.Out, "uml_switch attached to unix socket '%s'\n", p.unix)
+		for _, tap := range o.taps {
+			fmt.Fprintf(stdio.Out, "uml_switch attached to tap device '%s'\n", tap)
+		}
+	} else {
+		fmt.Fprintf(stdio.Out, "umlkit %s running: %s; management %s (Ctrl-C stops it)\n", mode0, strings.Join(serving, ", "), p.mgmt)
+	}
 	<-ctx.Done()
 	log.Info("stopping", "reason", context.Cause(ctx))
 	return s.Close()

@@ -132,3 +132,46 @@ func TestSwitchCommand(t *testing.T) {
 		t.Errorf("ports of a stopped switch = %d %q", code, se)
 	}
 }
+
+// Invoked as uml_switch, umlkit takes its flags and serves the daemon
+// protocol on -unix CTL.
+func TestUMLSwitchTool(t *testing.T) {
+	dir, err := os.MkdirTemp("", "usw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	ctl := filepath.Join(dir, "ctl")
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, logs syncBuffer
+	done := make(chan int)
+	go func() {
+		done <- Main(ctx, []string{"/usr/local/bin/uml_switch", "-hub", "-unix", ctl}, IO{In: strings.NewReader(""), Out: &out, Err: &logs})
+	}()
+	var st vswitch.Stats
+	for range 250 {
+		if st, err = (&vswitch.Client{Path: ctl + ".mgmt"}).Stats(); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil || !st.Hub {
+		t.Fatalf("stats of uml_switch -hub: %+v, %v (logs %s)", st, err, logs.String())
+	}
+	if c, err := net.Dial("unix", ctl); err != nil {
+		t.Errorf("dial %s: %v", ctl, err)
+	} else {
+		c.Close()
+	}
+	cancel()
+	if code := <-done; code != 0 || out.String() != "uml_switch attached to unix socket '"+ctl+"'\n" {
+		t.Errorf("uml_switch = %d, %q", code, out.String())
+	}
+	_, se, code := runArgs(t, Tools(), "uml_switch", "-compat-v0")
+	if code != 1 || !strings.Contains(se, "not supported") {
+		t.Errorf("uml_switch -compat-v0 = %d %q", code, se)
+	}
+	if _, _, code := runArgs(t, Tools(), "uml_switch", "-unix"); code != 1 {
+		t.Errorf("uml_switch -unix without a path = %d, want 1", code)
+	}
+}
