@@ -61,6 +61,12 @@ func TestSwitchCommand(t *testing.T) {
 		defer c.Close()
 		conns = append(conns, c)
 	}
+	for range 250 {
+		if st, err := (&vswitch.Client{Path: filepath.Join(dir, "mgmt")}).Stats(); err == nil && st.Ports == 2 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	frame := append([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1, 8, 0}, make([]byte, 46)...)
 	conns[0].Write(frame)
 	conns[1].SetReadDeadline(time.Now().Add(5 * time.Second))
