@@ -154,11 +154,17 @@ func TestLearningAndFlooding(t *testing.T) {
 		t.Errorf("after C's frame and a multicast source, %d MACs, want 3", n)
 	}
 
-	ps := s.Ports()
-	if len(ps) != 3 {
-		t.Fatalf("Ports() = %d ports, want 3", len(ps))
+	// Counters are updated just after a send returns: let them settle.
+	var pa PortInfo
+	for range 100 {
+		if pa = findPort(s, a.id); pa.TxFrames == 4 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	pa := ps[0]
+	if len(s.Ports()) != 3 {
+		t.Fatalf("Ports() = %d ports, want 3", len(s.Ports()))
+	}
 	if pa.ID != a.id || pa.RxFrames != 2 || pa.RxBytes != 120 || pa.TxFrames != 4 || pa.TxBytes != 240 || pa.RxDrops != 0 || pa.TxDrops != 0 {
 		t.Errorf("port A counters = %+v, want rx 2/120, tx 4/240, no drops", pa)
 	}
@@ -362,19 +368,25 @@ func TestFloodFairness(t *testing.T) {
 			}
 		}
 	})
+	for findPort(s, fl.id).RxFrames < 1000 {
+		time.Sleep(10 * time.Millisecond)
+	}
 	// C is learned first, so B's frames to it are unicast.
 	c.send(eth(bcast, macC, "hello"))
+	for len(s.MACs()) < 2 {
+		time.Sleep(10 * time.Millisecond)
+	}
 	const n = 300
 	got := 0
 	buf := make([]byte, 2000)
-	c.c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	c.c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	for i := range n {
 		// One at a time: B is a well-behaved sender; the flood is not.
 		b.send(eth(macC, macB, fmt.Sprintf("unicast %d", i)))
 		for {
 			k, err := c.c.Read(buf)
 			if err != nil {
-				t.Fatalf("C: read: %v after %d unicast frames", err, got)
+				t.Fatalf("C: read: %v after %d unicast frames; ports %+v; macs %+v", err, got, s.Ports(), s.MACs())
 			}
 			if bytes.HasPrefix(buf[:k], macC) && bytes.Equal(buf[6:12], macB) {
 				got++
@@ -387,8 +399,8 @@ func TestFloodFairness(t *testing.T) {
 	if got != n {
 		t.Errorf("C received %d of %d unicast frames from B during a flood (port C: %+v)", got, n, findPort(s, c.id))
 	}
-	if p := findPort(s, fl.id); p.RxFrames == 0 {
-		t.Errorf("flooding port = %+v, want frames received", p)
+	if p := findPort(s, c.id); p.TxDrops == 0 {
+		t.Logf("port C dropped no flood frames (%+v): the flood did not outrun C this time", p)
 	}
 }
 
