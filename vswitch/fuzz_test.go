@@ -35,6 +35,7 @@ func FuzzInput(f *testing.F) {
 		fr := s.pool.get()
 		fr.n = copy(fr.buf, b)
 		ok := s.input(p, fr)
+		p.flush()
 		if ok != (len(b) >= ethHeaderLen && !(len(b) < 18 && b[12] == 0x81 && b[13] == 0)) {
 			t.Fatalf("input(%x) = %v", b, ok)
 		}

@@ -60,8 +60,15 @@ type port struct {
 	rxN    int
 	rxErr  unix.Errno
 	recvFn func(uintptr) bool
-	dmsg   unix.Msghdr
-	diov   [3]unix.Iovec
+	outs   []out   // this batch's forwarding decisions
+	qs     []*port // the distinct egress ports in outs
+	ghead  []int32 // by egress port number: first entry in outs, or -1
+	gtail  []int32 // by egress port number: last entry in outs
+	dmsgs  []unix.Mmsghdr
+	diovs  []unix.Iovec
+	dfrs   []*frame
+	dN     int
+	dSent  int
 	dErr   unix.Errno
 	dTap   bool
 	sendFn func(uintptr) bool
@@ -139,6 +146,14 @@ func (s *Switch) newPortKind(c PacketConn, opts PortOptions, tap bool) (*port, e
 		tx:        make([]*frame, 0, n),
 		txmsgs:    make([]unix.Mmsghdr, n),
 		txiov:     make([]unix.Iovec, 3*n),
+		ghead:     make([]int32, s.cfg.MaxPorts+1),
+		gtail:     make([]int32, s.cfg.MaxPorts+1),
+		dmsgs:     make([]unix.Mmsghdr, n),
+		diovs:     make([]unix.Iovec, 3*n),
+		dfrs:      make([]*frame, n),
+	}
+	for i := range p.ghead {
+		p.ghead[i], p.gtail[i] = -1, -1
 	}
 	p.setVLAN(vlan, opts.Trunk)
 	for i := range p.rx {
@@ -289,12 +304,16 @@ func (p *port) readLoop() {
 			reason = "receive: " + p.rxErr.Error()
 			return
 		}
-		for i := 0; i < p.rxN; i++ {
-			m := &p.rxmsgs[i]
-			f := p.rx[i]
+		ok := true
+		n := 0
+		for ; n < p.rxN && ok; n++ {
+			m := &p.rxmsgs[n]
+			f := p.rx[n]
 			f.n = int(m.Len)
 			if f.n == 0 && p.seqpacket {
-				return
+				reason = "peer closed the connection"
+				ok = false
+				break
 			}
 			if m.Hdr.Flags&unix.MSG_TRUNC != 0 {
 				p.rxDrops.Add(1)
@@ -304,46 +323,124 @@ func (p *port) readLoop() {
 			}
 			if !p.s.input(p, f) {
 				reason = "malformed frame"
-				return
+				ok = false
 			}
-			if f.refs.Load() != 1 {
+		}
+		p.flush()
+		for i := 0; i < n; i++ {
+			if f := p.rx[i]; f.refs.Load() != 1 {
 				f.release()
 				p.rx[i] = p.s.pool.get()
 				p.setRx(i)
 			}
 		}
+		if !ok {
+			return
+		}
 	}
 }
 
-// sendOne sends the message in p.dmsg without blocking; p is the
-// ingress port, fd the egress socket.
+// out is one forwarding decision: frame f leaves through port q.
+type out struct {
+	q    *port
+	f    *frame
+	next int32 // the next entry for the same q, or -1
+}
+
+// flush sends this batch's frames, grouped by egress port: one sendmmsg
+// per port when its queue is empty and its socket has room, its queue
+// otherwise. Frames from one ingress to one egress keep their order.
+func (p *port) flush() {
+	if len(p.outs) == 0 {
+		return
+	}
+	for i := range p.outs {
+		e := &p.outs[i]
+		id := e.q.id
+		e.next = -1
+		if t := p.gtail[id]; t >= 0 {
+			if p.outs[t].q != e.q { // a port number reused within the batch
+				e.q.txDrops.Add(1)
+				continue
+			}
+			p.outs[t].next = int32(i)
+		} else {
+			p.ghead[id] = int32(i)
+			p.qs = append(p.qs, e.q)
+		}
+		p.gtail[id] = int32(i)
+	}
+	for _, q := range p.qs {
+		p.flushTo(q, p.ghead[q.id])
+		p.ghead[q.id], p.gtail[q.id] = -1, -1
+	}
+	clear(p.qs)
+	p.qs = p.qs[:0]
+	clear(p.outs)
+	p.outs = p.outs[:0]
+}
+
+func (p *port) flushTo(q *port, head int32) {
+	s := p.s
+	if q.pending.Load() != 0 {
+		for i := head; i >= 0; i = p.outs[i].next {
+			s.enqueue(q, p.outs[i].f)
+		}
+		return
+	}
+	k, iv := 0, 0
+	for i := head; i >= 0; i = p.outs[i].next {
+		f := p.outs[i].f
+		n := setIov(p.diovs[iv:], f, q.egressTagged(f.vid))
+		p.dmsgs[k] = unix.Mmsghdr{}
+		p.dmsgs[k].Hdr.Iov = &p.diovs[iv]
+		p.dmsgs[k].Hdr.SetIovlen(n)
+		p.dfrs[k] = f
+		k++
+		iv += n
+	}
+	p.dN, p.dSent, p.dErr, p.dTap = k, 0, 0, q.tap
+	err := q.rc.Write(p.sendFn)
+	switch {
+	case err != nil:
+		q.txDrops.Add(uint64(k))
+		p.dSent = k
+	case p.dErr == 0 || p.dErr == unix.EAGAIN || p.dErr == unix.ENOBUFS:
+	default:
+		q.txDrops.Add(uint64(k))
+		p.dSent = k
+	}
+	for j, f := range p.dfrs[:k] {
+		if j < p.dSent && err == nil && (p.dErr == 0 || p.dErr == unix.EAGAIN || p.dErr == unix.ENOBUFS) {
+			q.txFrames.Add(1)
+			q.txBytes.Add(uint64(f.length(q.egressTagged(f.vid))))
+		} else if j >= p.dSent {
+			s.enqueue(q, f)
+		}
+		p.dfrs[j] = nil
+	}
+}
+
+// sendOne sends p.dmsgs[:p.dN] without blocking, and records in dSent
+// how many went; p is the ingress port, fd the egress socket.
 func (p *port) sendOne(fd uintptr) bool {
 	if p.dTap {
-		_, _, p.dErr = unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(p.dmsg.Iov)), uintptr(p.dmsg.Iovlen))
+		for p.dSent < p.dN {
+			h := &p.dmsgs[p.dSent].Hdr
+			if _, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(h.Iov)), uintptr(h.Iovlen)); e != 0 {
+				p.dErr = e
+				return true
+			}
+			p.dSent++
+		}
 		return true
 	}
-	_, _, p.dErr = unix.Syscall(unix.SYS_SENDMSG, fd, uintptr(unsafe.Pointer(&p.dmsg)), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+	r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&p.dmsgs[0])), uintptr(p.dN), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, 0, 0)
+	if e == 0 {
+		p.dSent = int(r)
+	}
+	p.dErr = e
 	return true
-}
-
-// sendDirect tries to send f out of q at once, from p's reader. again
-// reports that q's socket is full and the frame should be queued.
-func (p *port) sendDirect(q *port, f *frame, tagged bool) (sent, again bool) {
-	n := setIov(p.diov[:], f, tagged)
-	p.dmsg.Iov = &p.diov[0]
-	p.dmsg.SetIovlen(n)
-	p.dTap = q.tap
-	if err := q.rc.Write(p.sendFn); err != nil {
-		return false, false
-	}
-	switch p.dErr {
-	case 0:
-		return true, false
-	case unix.EAGAIN, unix.ENOBUFS:
-		return false, true
-	default:
-		return false, false
-	}
 }
 
 func (p *port) sendBatch(fd uintptr) bool {

@@ -322,8 +322,9 @@ func (s *Switch) removePort(p *port) {
 	s.macs.forget(p)
 }
 
-// input forwards one frame that arrived on p. It returns false when the
-// frame is so malformed that the port must be closed.
+// input decides where one frame that arrived on p goes, and adds those
+// decisions to p.outs for p.flush. It returns false when the frame is so
+// malformed that the port must be closed.
 func (s *Switch) input(p *port, f *frame) bool {
 	b := f.buf[:f.n]
 	if f.n < ethHeaderLen {
@@ -370,7 +371,7 @@ func (s *Switch) input(p *port, f *frame) bool {
 		if q := s.macs.lookup(macKey(vid, b[0:6]), now, s.cfg.MACAge); q != nil && !q.closed.Load() {
 			if q != p {
 				f.flood = false
-				s.forward(p, q, f)
+				p.outs = append(p.outs, out{q: q, f: f})
 			}
 			return true
 		}
@@ -378,28 +379,15 @@ func (s *Switch) input(p *port, f *frame) bool {
 	f.flood = true
 	for _, q := range *s.active.Load() {
 		if q != p && q.member(vid) {
-			s.forward(p, q, f)
+			p.outs = append(p.outs, out{q: q, f: f})
 		}
 	}
 	return true
 }
 
-// forward sends f out of q: at once if q has nothing queued and its
-// socket takes it without blocking, else through q's queue.
-func (s *Switch) forward(p, q *port, f *frame) {
-	tagged := q.egressTagged(f.vid)
-	if q.pending.Load() == 0 {
-		sent, again := p.sendDirect(q, f, tagged)
-		if sent {
-			q.txFrames.Add(1)
-			q.txBytes.Add(uint64(f.length(tagged)))
-			return
-		}
-		if !again {
-			q.txDrops.Add(1)
-			return
-		}
-	}
+// enqueue puts f on q's queue for q's writer, or drops it when the queue
+// is full; flooded frames may use only half of the queue.
+func (s *Switch) enqueue(q *port, f *frame) {
 	limit := cap(q.q)
 	if f.flood {
 		limit /= 2
