@@ -49,6 +49,7 @@ type port struct {
 	closeOnce sync.Once
 	done      chan struct{}
 	onClose   func()
+	whenGone  bool
 
 	rxFrames, rxBytes, rxDrops atomic.Uint64
 	txFrames, txBytes, txDrops atomic.Uint64
@@ -140,6 +141,7 @@ func (s *Switch) newPortKind(c PacketConn, opts PortOptions, tap bool) (*port, e
 		q:         make(chan *frame, s.cfg.QueueLen),
 		done:      make(chan struct{}),
 		onClose:   opts.OnClose,
+		whenGone:  opts.closeWhenGone,
 		rx:        make([]*frame, n),
 		rxmsgs:    make([]unix.Mmsghdr, n),
 		rxiov:     make([]unix.Iovec, n),
@@ -232,6 +234,14 @@ func (p *port) close(reason string) {
 	})
 }
 
+// gone closes a port whose peer has vanished, when nothing else (a
+// control connection) will tell the switch.
+func (p *port) gone(e unix.Errno) {
+	if p.whenGone && (e == unix.ECONNREFUSED || e == unix.ENOTCONN || e == unix.ECONNRESET) {
+		p.close("client gone")
+	}
+}
+
 // setIov points iov at f as it leaves a port that wants it tagged or not,
 // and returns how many entries it used (at most 3).
 func setIov(iov []unix.Iovec, f *frame, tagged bool) int {
@@ -296,7 +306,13 @@ func (p *port) readLoop() {
 		}
 		switch p.rxErr {
 		case 0:
-		case unix.EINTR, unix.ECONNREFUSED, unix.ECONNRESET, unix.ENOBUFS, unix.ENOMEM:
+		case unix.ECONNREFUSED, unix.ECONNRESET, unix.ENOTCONN:
+			if p.whenGone {
+				reason = "client gone"
+				return
+			}
+			continue
+		case unix.EINTR, unix.ENOBUFS, unix.ENOMEM:
 			// Transient: a datagram peer that went away and may come
 			// back (the control stream decides when the port ends).
 			continue
@@ -409,6 +425,7 @@ func (p *port) flushTo(q *port, head int32) {
 	default:
 		q.txDrops.Add(uint64(k))
 		p.dSent = k
+		q.gone(p.dErr)
 	}
 	for j, f := range p.dfrs[:k] {
 		if j < p.dSent && err == nil && (p.dErr == 0 || p.dErr == unix.EAGAIN || p.dErr == unix.ENOBUFS) {
@@ -505,6 +522,7 @@ func (p *port) writeLoop() {
 				break
 			}
 			if p.wErr != 0 {
+				p.gone(p.wErr)
 				p.txDrops.Add(1)
 				p.wFrom++
 				continue

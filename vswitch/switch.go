@@ -241,6 +241,9 @@ type PortOptions struct {
 	ID int
 	// OnClose runs once, after the port is disconnected for any reason.
 	OnClose func()
+	// closeWhenGone ends the port when sends find no peer: a restored
+	// daemon port has no control connection to tell it.
+	closeWhenGone bool
 }
 
 // Attach adds a port that carries one Ethernet frame per packet over c,
@@ -283,7 +286,7 @@ func (s *Switch) start(p *port, opts PortOptions) error {
 		return fmt.Errorf("attach %s port %s: %w (%d ports)", opts.Kind, opts.Peer, ErrFull, s.cfg.MaxPorts)
 	}
 	id := opts.ID
-	if id <= 0 || s.byID[id] != nil {
+	if id <= 0 || id > s.cfg.MaxPorts || s.byID[id] != nil {
 		for id = 1; s.byID[id] != nil; id++ {
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 	"unsafe"
@@ -317,4 +318,56 @@ func FuzzParseRequest(f *testing.F) {
 		}
 		_ = r.AddrPath()
 	})
+}
+
+// A switch started again on the same control socket restores the daemon
+// ports of the one before it: the clients keep the data address they
+// were given and traffic resumes, with no new handshake.
+func TestDaemonRestart(t *testing.T) {
+	dir := shortDir(t)
+	ctl := filepath.Join(dir, "ctl")
+	s1 := New(Config{})
+	if err := s1.ListenDaemon(ctl, ListenOptions{GID: -1}); err != nil {
+		t.Fatal(err)
+	}
+	a := dialDaemon(t, ctl, true, "")
+	b := dialDaemon(t, ctl, true, "")
+	c := dialDaemon(t, ctl, true, "")
+	waitPorts(t, s1, 3)
+	f := eth(bcast, macA, "before")
+	a.send(f)
+	b.recv()
+	c.recv()
+	c.ctl.Close() // c leaves cleanly: not in the table any more
+	waitPorts(t, s1, 2)
+	ids := []int{s1.Ports()[0].ID, s1.Ports()[1].ID}
+	s1.Close() // like a crash for the clients: the data sockets vanish
+
+	s2 := newSwitch(t, Config{})
+	if err := s2.ListenDaemon(ctl, ListenOptions{GID: -1}); err != nil {
+		t.Fatal(err)
+	}
+	ps := s2.Ports()
+	if len(ps) != 2 || ps[0].ID != ids[0] || ps[1].ID != ids[1] {
+		t.Fatalf("restored ports %+v, want ports %v", ps, ids)
+	}
+	g := eth(bcast, macA, "after the restart")
+	a.send(g)
+	if got := b.recv(); string(got) != string(g) {
+		t.Fatalf("after restart b got %x", head(got))
+	}
+	h := eth(macA, macB, "reply")
+	b.send(h)
+	if got := a.recv(); string(got) != string(h) {
+		t.Fatalf("after restart a got %x", head(got))
+	}
+	// A restored client that goes away is noticed on the next send.
+	unix.Close(a.fd)
+	a.fd = -1
+	b.send(eth(macA, macB, "to a dead client"))
+	waitPorts(t, s2, 1)
+	tbl, err := os.ReadFile(ctl + ".ports")
+	if err != nil || strings.Count(string(tbl), `"seq"`) != 1 {
+		t.Errorf("port table %s (%v), want one port", tbl, err)
+	}
 }
