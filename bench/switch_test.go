@@ -100,7 +100,7 @@ func connect(b *testing.B, target string, nports int) []*loadgen.Port {
 		}
 		return ports
 	case "umlkit-bess", "umlkit-daemon":
-		start(b, umlkit(b), "switch", "--dir", dir)
+		start(b, umlkit(b), "switch", "--dir", dir, "--no-keeper")
 		if target == "umlkit-bess" {
 			ready = filepath.Join(dir, "bess")
 			dial = func() (*loadgen.Port, error) { return loadgen.DialBESS(ready) }

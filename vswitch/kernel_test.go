@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"strings"
 	"sync"
 	"testing"
@@ -347,4 +348,105 @@ func TestKernelTAP(t *testing.T) {
 		t.Errorf("tap port = %+v, want frames both ways", p)
 	}
 	poweroffAll(vms)
+}
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+)
+
+// umlkitBinary builds the umlkit command once per test run.
+func umlkitBinary(t *testing.T) string {
+	binOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "umlkit-bin-")
+		if err != nil {
+			binErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "umlkit")
+		if out, err := exec.Command("go", "build", "-o", binPath, "../cmd/umlkit").CombinedOutput(); err != nil {
+			binErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	t.Cleanup(func() { os.RemoveAll(filepath.Dir(binPath)) })
+	return binPath
+}
+
+// startSwitch runs `umlkit switch --dir dir` as its own process.
+func startSwitch(t *testing.T, bin, dir string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(bin, "switch", "--dir", dir, "--keeper-idle", "1s")
+	cmd.Stdout, cmd.Stderr = tlogWriter{t}, tlogWriter{t}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	mgmt := &Client{Path: filepath.Join(dir, "mgmt")}
+	for range 500 {
+		if _, err := mgmt.Stats(); err == nil {
+			return cmd
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("umlkit switch --dir %s did not come up", dir)
+	return nil
+}
+
+// Kill -9 the switch during a ping and start it again: the ping resumes
+// and no instance is rebooted, for BESS and daemon ports.
+func TestKernelRestart(t *testing.T) {
+	bin := umlkitBinary(t)
+	dir := umltest.ShortDir(t)
+	sw := startSwitch(t, bin, dir)
+	vms := bootAll(t, bessNIC(filepath.Join(dir, "bess"), 1), daemonNIC(filepath.Join(dir, "ctl"), 2), bessNIC(filepath.Join(dir, "bess"), 3))
+	ping(t, vms[0], "10.0.0.2")
+	ping(t, vms[0], "10.0.0.3")
+	pids := []int{vms[0].PID(), vms[1].PID(), vms[2].PID()}
+	vms[0].Run("(ping -i 0.2 -c 50 10.0.0.2 > /tmp/ping.out 2>&1 &)")
+	vms[0].Run("sleep 2")
+	sw.Process.Signal(syscall.SIGKILL) // the switch's own pid, started above
+	sw.Wait()
+	sw = startSwitch(t, bin, dir)
+	// Wait for the background ping to finish (50 x 0.2s).
+	out, _ := vms[0].Run("while pidof ping >/dev/null; do sleep 1; done; cat /tmp/ping.out")
+	t.Logf("ping during the restart:\n%s", out)
+	if !strings.Contains(out, "seq=48") && !strings.Contains(out, "seq=49") {
+		t.Errorf("the ping did not resume after the restart")
+	}
+	ping(t, vms[0], "10.0.0.2")
+	ping(t, vms[0], "10.0.0.3")
+	ping(t, vms[1], "10.0.0.3")
+	for i, vm := range vms {
+		if vm.PID() != pids[i] {
+			t.Errorf("%s was restarted", vm.Umid)
+		}
+	}
+	ports, err := (&Client{Path: filepath.Join(dir, "mgmt")}).Ports()
+	if err != nil || len(ports) != 3 {
+		t.Errorf("after the restart the switch has ports %+v (%v), want 3", ports, err)
+	}
+	// A planned stop and start keeps the links too.
+	sw.Process.Signal(syscall.SIGTERM)
+	sw.Wait()
+	sw = startSwitch(t, bin, dir)
+	ping(t, vms[2], "10.0.0.2")
+	poweroffAll(vms)
+	sw.Process.Signal(syscall.SIGTERM)
+	sw.Wait()
+	// With the instances gone and the switch stopped, the keeper exits.
+	keep := filepath.Join(dir, "bess.keep")
+	for i := 0; ; i++ {
+		if _, err := os.Stat(keep); err != nil {
+			break
+		}
+		if i == 300 {
+			t.Fatalf("the keeper (%s) is still there after its instances and switch are gone", keep)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

@@ -20,6 +20,10 @@ type ListenOptions struct {
 	// VLAN and Trunk are the VLANs of the ports that connect here.
 	VLAN  int
 	Trunk []int
+	// Keeper, for BESS, is the socket of a running keeper (ServeKeeper)
+	// that holds the connections across restarts of the switch: ListenBESS
+	// takes back what it holds and gives it every new connection.
+	Keeper string
 }
 
 // listenUnix listens on a Unix socket path the safe way: when the path
@@ -118,11 +122,44 @@ func (s *Switch) ListenBESS(path string, o ListenOptions) error {
 		ln.Close()
 		return err
 	}
+	var kc *keeperClient
+	if o.Keeper != "" {
+		if kc, err = dialKeeper(o.Keeper, s.warn); err != nil {
+			s.removeCloser(ln)
+			ln.Close()
+			return err
+		}
+		if err := s.addCloser(kc); err != nil {
+			kc.Close()
+			return err
+		}
+		kept, err := kc.list()
+		if err != nil {
+			s.warn.warn("keeper", "cannot take back BESS connections from the keeper", "sock", o.Keeper, "err", err)
+		}
+		for _, k := range kept {
+			id, err := s.Attach(k.file, PortOptions{Kind: "bess", Peer: k.info, VLAN: o.VLAN, Trunk: o.Trunk, OnClose: s.keeperDrop(kc, k.id)})
+			if err != nil {
+				s.warn.warn("attach", "cannot attach a kept BESS connection", "sock", path, "peer", k.info, "err", err)
+				kc.drop(k.id)
+				continue
+			}
+			s.log.Info("port restored", "port", id, "peer", k.info)
+		}
+	}
 	s.log.Info("listening", "transport", "bess", "sock", path)
 	ok := s.goroutine(func() {
 		s.acceptLoop(ln, "bess", func(c *net.UnixConn) {
 			peer := fmt.Sprintf("pid %d", peerPID(c))
-			if _, err := s.Attach(c, PortOptions{Kind: "bess", Peer: peer, VLAN: o.VLAN, Trunk: o.Trunk}); err != nil {
+			var onClose func()
+			if kc != nil {
+				if id, err := kc.hold(c, peer); err != nil {
+					s.warn.warn("keeper", "keeper unreachable: this BESS port will not survive a restart", "sock", o.Keeper, "err", err)
+				} else {
+					onClose = s.keeperDrop(kc, id)
+				}
+			}
+			if _, err := s.Attach(c, PortOptions{Kind: "bess", Peer: peer, VLAN: o.VLAN, Trunk: o.Trunk, OnClose: onClose}); err != nil {
 				s.warn.warn("attach", "cannot attach BESS connection", "sock", path, "peer", peer, "err", err)
 			}
 		})
@@ -132,4 +169,17 @@ func (s *Switch) ListenBESS(path string, o ListenOptions) error {
 		return ErrClosed
 	}
 	return nil
+}
+
+// keeperDrop tells the keeper to let go of a connection that ended,
+// unless the switch itself is closing (then the keeper keeps it for the
+// next switch).
+func (s *Switch) keeperDrop(kc *keeperClient, id uint64) func() {
+	return func() {
+		select {
+		case <-s.done:
+		default:
+			kc.drop(id)
+		}
+	}
 }

@@ -1,6 +1,7 @@
 package vswitch
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -369,5 +370,55 @@ func TestDaemonRestart(t *testing.T) {
 	tbl, err := os.ReadFile(ctl + ".ports")
 	if err != nil || strings.Count(string(tbl), `"seq"`) != 1 {
 		t.Errorf("port table %s (%v), want one port", tbl, err)
+	}
+}
+
+// With a keeper, BESS connections outlive the switch: a new switch takes
+// them back and forwards on them, and a connection that ends is dropped
+// from the keeper.
+func TestBESSKeeper(t *testing.T) {
+	dir := shortDir(t)
+	sock, keep := filepath.Join(dir, "bess"), filepath.Join(dir, "keep")
+	ctx, cancel := context.WithCancel(context.Background())
+	kdone := make(chan error, 1)
+	go func() { kdone <- ServeKeeper(ctx, keep, time.Hour, nil) }()
+	for range 250 {
+		if _, err := os.Stat(keep); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	s1 := New(Config{})
+	if err := s1.ListenBESS(sock, ListenOptions{GID: -1, Keeper: keep}); err != nil {
+		t.Fatal(err)
+	}
+	a, b, c := dialBESS(t, sock), dialBESS(t, sock), dialBESS(t, sock)
+	waitPorts(t, s1, 3)
+	c.c.Close() // ends before the restart: the keeper lets go of it
+	waitPorts(t, s1, 2)
+	f := eth(bcast, macA, "before")
+	a.send(f)
+	b.expectNext(f)
+	s1.Close()
+
+	s2 := newSwitch(t, Config{})
+	if err := s2.ListenBESS(sock, ListenOptions{GID: -1, Keeper: keep}); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(s2.Ports()); n != 2 {
+		t.Fatalf("restored %d BESS ports, want 2: %+v", n, s2.Ports())
+	}
+	g := eth(bcast, macA, "after the restart")
+	a.send(g)
+	b.expectNext(g)
+	h := eth(macA, macB, "reply")
+	b.send(h)
+	a.expectNext(h)
+	a.c.Close()
+	waitPorts(t, s2, 1)
+	s2.Close()
+	cancel()
+	if err := <-kdone; err != nil {
+		t.Fatal(err)
 	}
 }

@@ -7,11 +7,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
+	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -74,6 +77,8 @@ type switchOptions struct {
 	verbose  bool
 	taps     []string
 	classic  bool // invoked as uml_switch: announce like it
+	noKeeper bool
+	keepIdle time.Duration
 }
 
 func newSwitchCmd(stdio IO) *cobra.Command {
@@ -90,7 +95,13 @@ also speaks:
   linux ... eth0=daemon,,unix,DIR/ctl        vde_plug DIR
 
 Host TAP devices join with --tap NAME (as root), for connectivity with the
-host. With neither --bess nor --unix the switch serves both in DIR
+host. The switch survives its own restart: kill it (even with -9) or stop it,
+start it again with the same arguments, and the instances keep their
+links. Daemon ports are kept in a table (CTL.ports) and reconnected; BESS
+connections are held by a small keeper process (PATH.keep) that the
+switch starts and takes them back from.
+
+With neither --bess nor --unix the switch serves both in DIR
 (RUNTIME/switches/NAME); with either, only the sockets asked for. Socket
 files are created mode 0600 (see --mode and --group); a stale socket
 file is replaced only after dialing it finds nothing listening.
@@ -113,6 +124,8 @@ While it runs, 'umlkit switch ports|macs|stats' show its state and
 	f.DurationVar(&o.macAge, "mac-age", vswitch.DefaultMACAge, "forget an address after this long without frames")
 	f.IntVar(&o.queue, "queue", vswitch.DefaultQueueLen, "output queue of each port, in frames")
 	f.StringArrayVar(&o.taps, "tap", nil, "add host TAP device `NAME` as a port, creating it if needed (repeatable)")
+	f.BoolVar(&o.noKeeper, "no-keeper", false, "do not keep BESS connections in a keeper process across restarts")
+	f.DurationVar(&o.keepIdle, "keeper-idle", 10*time.Second, "a keeper with nothing to hold and no switch exits after this long")
 	f.BoolVar(&o.logJSON, "log-json", false, "log JSON lines instead of text")
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "log debug messages too")
 	cmd.AddCommand(
@@ -123,6 +136,7 @@ While it runs, 'umlkit switch ports|macs|stats' show its state and
 		newSwitchHubCmd(stdio, &o.paths),
 		newSwitchDisconnectCmd(stdio, &o.paths),
 		newSwitchCaptureCmd(stdio, &o.paths),
+		newSwitchKeeperCmd(stdio),
 	)
 	return cmd
 }
@@ -173,7 +187,14 @@ func runSwitch(ctx context.Context, o switchOptions, stdio IO) error {
 	defer s.Close()
 	var serving []string
 	if p.bess != "" {
-		if err := s.ListenBESS(p.bess, lo); err != nil {
+		blo := lo
+		if !o.noKeeper {
+			blo.Keeper = p.bess + ".keep"
+			if err := ensureKeeper(ctx, blo.Keeper, o.keepIdle); err != nil {
+				return err
+			}
+		}
+		if err := s.ListenBESS(p.bess, blo); err != nil {
 			return err
 		}
 		serving = append(serving, "bess "+p.bess)
@@ -410,4 +431,63 @@ dropped from the capture, not from the network.`,
 	cmd.Flags().StringVarP(&file, "write", "w", "-", "pcap `FILE`, or - for stdout")
 	cmd.Flags().IntVar(&snaplen, "snaplen", 0, "keep at most `BYTES` of each frame (default: all)")
 	return cmd
+}
+
+func newSwitchKeeperCmd(stdio IO) *cobra.Command {
+	var sock string
+	var idle time.Duration
+	cmd := &cobra.Command{
+		Use:    "keeper",
+		Short:  "Hold a switch's BESS connections across its restarts (started by the switch)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return vswitch.ServeKeeper(cmd.Context(), sock, idle, nil)
+		},
+	}
+	cmd.Flags().StringVar(&sock, "sock", "", "keeper socket `PATH`")
+	cmd.Flags().DurationVar(&idle, "idle", 10*time.Second, "exit after this long with nothing held and no switch")
+	cmd.MarkFlagRequired("sock")
+	return cmd
+}
+
+// ensureKeeper starts a keeper on path unless one answers there. The
+// keeper runs in its own session so that it outlives this process.
+func ensureKeeper(ctx context.Context, path string, idle time.Duration) error {
+	if c, err := net.Dial("unixpacket", path); err == nil {
+		c.Close()
+		return nil
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("start keeper: %w", err)
+	}
+	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("start keeper: %w", err)
+	}
+	defer devnull.Close()
+	cmd := exec.Command(exe, "switch", "keeper", "--sock", path, "--idle", idle.String())
+	cmd.Args[0] = "umlkit"
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, devnull
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start keeper %s: %w", path, err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	for {
+		if c, err := net.Dial("unixpacket", path); err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case err := <-exited:
+			return fmt.Errorf("keeper %s exited at once: %v (start the switch with --no-keeper to do without)", path, err)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }

@@ -43,7 +43,7 @@ func TestSwitchCommand(t *testing.T) {
 	var out, logs syncBuffer
 	done := make(chan int)
 	go func() {
-		done <- run(ctx, []string{"umlkit", "switch", "--dir", dir}, IO{In: strings.NewReader(""), Out: &out, Err: &logs}, nil)
+		done <- run(ctx, []string{"umlkit", "switch", "--dir", dir, "--no-keeper"}, IO{In: strings.NewReader(""), Out: &out, Err: &logs}, nil)
 	}()
 	bess := filepath.Join(dir, "bess")
 	var conns []*net.UnixConn
@@ -116,7 +116,7 @@ func TestSwitchCommand(t *testing.T) {
 	}
 
 	// A second switch on the same sockets refuses to start.
-	_, se, code = runArgs(t, nil, "umlkit", "switch", "--dir", dir)
+	_, se, code = runArgs(t, nil, "umlkit", "switch", "--dir", dir, "--no-keeper")
 	if code != 1 || !strings.Contains(se, "in use") {
 		t.Errorf("second switch = %d %q; want a refusal", code, se)
 	}
