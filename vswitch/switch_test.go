@@ -12,6 +12,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -248,6 +249,19 @@ func TestVLANs(t *testing.T) {
 	}
 }
 
+// settle waits a little for a port's counters to satisfy ok (they are
+// updated just after a send returns) and returns them.
+func settle(s *Switch, id int, ok func(PortInfo) bool) PortInfo {
+	var p PortInfo
+	for range 200 {
+		if p = findPort(s, id); ok(p) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return p
+}
+
 func findPort(s *Switch, id int) PortInfo {
 	for _, p := range s.Ports() {
 		if p.ID == id {
@@ -331,7 +345,7 @@ func TestStuckPortDrops(t *testing.T) {
 	if p := findPort(s, stuck.id); p.TxDrops == 0 || p.Queued > 16 {
 		t.Errorf("stuck port = %+v, want drops and at most 16 queued", p)
 	}
-	if p := findPort(s, b.id); p.TxFrames != 2000 || p.TxDrops != 0 {
+	if p := settle(s, b.id, func(p PortInfo) bool { return p.TxFrames == 2000 }); p.TxFrames != 2000 || p.TxDrops != 0 {
 		t.Errorf("reading port = %+v, want 2000 frames, no drops", p)
 	}
 }
@@ -536,4 +550,82 @@ func readPcap(t *testing.T, b []byte) [][]byte {
 		b = b[16+n:]
 	}
 	return out
+}
+
+// Forwarding a frame allocates nothing: buffers come from the pool and
+// the per-port scratch space is reused.
+func TestForwardDoesNotAllocate(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts are meaningless under the race detector (sync.Pool drops items); go test without -race runs this")
+	}
+	s := newSwitch(t, Config{})
+	b, c := attach(t, s, PortOptions{}), attach(t, s, PortOptions{VLAN: 1, Trunk: []int{1, 5}})
+	near, _ := socketPair(t, unix.SOCK_SEQPACKET)
+	p, err := s.newPort(near, PortOptions{Kind: "test", VLAN: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.release()
+	p.id = 99
+	uni := eth(macB, macA, "unicast")
+	bc := eth(bcast, macA, "broadcast")
+	b.send(eth(bcast, macB, "learn b")) // B is known: unicast to it
+	c.expectNext(eth(bcast, macB, "learn b"))
+	var fds []int
+	for _, q := range []*testPort{b, c} {
+		f, _ := q.c.File()
+		defer f.Close()
+		fds = append(fds, int(f.Fd()))
+	}
+	buf := make([]byte, 2048)
+	run := func(frame []byte) {
+		fr := s.pool.get()
+		fr.n = copy(fr.buf, frame)
+		s.input(p, fr)
+		p.flush()
+		fr.release()
+		for _, fd := range fds {
+			for {
+				if _, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)), unix.MSG_DONTWAIT, 0, 0); e != 0 {
+					break
+				}
+			}
+		}
+	}
+	for range 100 { // warm the pool
+		run(uni)
+		run(bc)
+	}
+	if n := testing.AllocsPerRun(1000, func() { run(uni); run(bc) }); n != 0 {
+		t.Errorf("forwarding a unicast and a broadcast frame allocates %v times, want 0", n)
+	}
+}
+
+// A capture whose reader never reads drops captured frames, not
+// switched ones.
+func TestSlowCaptureDropsCaptureOnly(t *testing.T) {
+	s := newSwitch(t, Config{})
+	a, b := attach(t, s, PortOptions{}), attach(t, s, PortOptions{})
+	r, w, err := os.Pipe() // nobody reads r
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	c, err := s.Capture(w, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := eth(macB, macA, strings.Repeat("x", 1400))
+	for range 5000 {
+		a.send(f)
+		b.recv()
+	}
+	if c.Dropped() == 0 {
+		t.Errorf("a capture nobody reads dropped nothing")
+	}
+	if p := settle(s, b.id, func(p PortInfo) bool { return p.TxFrames == 5000 }); p.TxFrames != 5000 || p.TxDrops != 0 {
+		t.Errorf("port B = %+v, want all 5000 frames forwarded", p)
+	}
+	w.Close() // unblocks the capture's writer
+	c.Close()
 }

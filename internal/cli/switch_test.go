@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -180,4 +182,67 @@ func TestUMLSwitchTool(t *testing.T) {
 	if _, _, code := runArgs(t, Tools(), "uml_switch", "-unix"); code != 1 {
 		t.Errorf("uml_switch -unix without a path = %d, want 1", code)
 	}
+}
+
+// umlkit switch capture -w FILE writes pcap that tcpdump reads.
+func TestSwitchCapture(t *testing.T) {
+	dir, err := os.MkdirTemp("", "swc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var logs syncBuffer
+	done := make(chan int)
+	go func() {
+		done <- run(ctx, []string{"umlkit", "switch", "--dir", dir, "--no-keeper"}, IO{In: strings.NewReader(""), Out: io.Discard, Err: &logs}, nil)
+	}()
+	mgmt := &vswitch.Client{Path: filepath.Join(dir, "mgmt")}
+	for range 250 {
+		if _, err = mgmt.Stats(); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: filepath.Join(dir, "bess"), Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	pcap := filepath.Join(dir, "cap.pcap")
+	cctx, stop := context.WithCancel(context.Background())
+	capDone := make(chan int)
+	go func() {
+		_, se, code := runCtx(cctx, "umlkit", "switch", "capture", "--dir", dir, "-w", pcap)
+		if code != 0 {
+			t.Errorf("switch capture: %d %s", code, se)
+		}
+		capDone <- code
+	}()
+	frame := append([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1, 8, 6}, make([]byte, 46)...)
+	for i := 0; ; i++ {
+		c.Write(frame)
+		if fi, err := os.Stat(pcap); err == nil && fi.Size() >= 24+16+60 {
+			break
+		}
+		if i == 500 {
+			t.Fatal("no frame reached the capture file")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	stop()
+	<-capDone
+	out, err := exec.Command("tcpdump", "-e", "-n", "-r", pcap).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "02:00:00:00:00:01 > ff:ff:ff:ff:ff:ff") {
+		t.Errorf("tcpdump -r %s: %v\n%s", pcap, err, out)
+	}
+	cancel()
+	<-done
+}
+
+func runCtx(ctx context.Context, argv ...string) (string, string, int) {
+	var out, errb bytes.Buffer
+	code := run(ctx, argv, IO{In: strings.NewReader(""), Out: &out, Err: &errb}, nil)
+	return out.String(), errb.String(), code
 }
