@@ -44,6 +44,7 @@ func Tools() map[string]Tool {
 		umlMconsoleTool(),
 		umlMkcowTool(),
 		umlMooTool(),
+		umlSwitchTool(),
 	}
 	m := make(map[string]Tool, len(ts))
 	for _, t := range ts {
@@ -123,6 +124,7 @@ network lab: copy-on-write disks, a switch, images, and Netkit/Kathara labs.`,
 		newVMCmd(stdio),
 		newMconsoleCmd(stdio),
 		newCowCmd(stdio),
+		newSwitchCmd(stdio),
 	)
 	addGroups(root)
 	return root

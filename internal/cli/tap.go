@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -86,7 +85,7 @@ brings it up. Needs CAP_NET_ADMIN (root).`,
 				if taps == nil {
 					taps = []hostnet.Tap{}
 				}
-				return writeJSON(stdio, taps)
+				return writeJSON(stdio.Out, taps)
 			}
 			w := tabwriter.NewWriter(stdio.Out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "NAME\tSTATE\tOWNER\tGROUP\tPERSISTENT\tADDRESSES")
@@ -127,12 +126,6 @@ func lookupID(s string, isUser bool) (int, error) {
 	return strconv.Atoi(g.Gid)
 }
 
-func writeJSON(stdio IO, v any) error {
-	enc := json.NewEncoder(stdio.Out)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
 func newNetCmd(stdio IO) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:     "net",
@@ -160,7 +153,7 @@ table with its last rule. Needs CAP_NET_ADMIN (root).`,
 					if rules == nil {
 						rules = []hostnet.NATRule{}
 					}
-					return writeJSON(stdio, rules)
+					return writeJSON(stdio.Out, rules)
 				}
 				for _, r := range rules {
 					o := r.Out

@@ -265,7 +265,7 @@ func newVMListCmd(stdio IO) *cobra.Command {
 				rows = append(rows, r)
 			}
 			if asJSON {
-				return writeJSON(stdio, rows)
+				return writeJSON(stdio.Out, rows)
 			}
 			w := tabwriter.NewWriter(stdio.Out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "NAME\tPID\tSTATE\tUPTIME\tMEM\tDISKS\tNICS")
