@@ -71,16 +71,33 @@ type ifreq struct {
 	_     [22]byte
 }
 
-// openTap opens /dev/net/tun attached to the TAP name (created if
-// missing; the kernel picks a name when it is empty) and returns the
-// descriptor and the device's name.
+// openTap is OpenTap as an *os.File in blocking mode.
 func openTap(name string) (*os.File, string, error) {
-	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	fd, got, err := OpenTap(name, 0)
+	if err != nil {
+		return nil, "", err
+	}
+	return os.NewFile(uintptr(fd), "/dev/net/tun:"+got), got, nil
+}
+
+// OpenTap opens /dev/net/tun attached to the TAP device name, raw Ethernet
+// frames without a packet-information header (as the kernel's tuntap
+// transport does). A missing device is created, not persistent (it goes
+// when the descriptor is closed); with name empty the kernel picks one.
+// flags are added to O_RDWR|O_CLOEXEC (O_NONBLOCK for a poller). It returns
+// the descriptor, which the caller owns, and the device's name.
+func OpenTap(name string, flags int) (int, string, error) {
+	if name != "" {
+		if err := ValidName(name); err != nil {
+			return -1, "", err
+		}
+	}
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|flags, 0)
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) {
-			return nil, "", errors.New("/dev/net/tun is missing: modprobe tun, or mkdir -p /dev/net && mknod /dev/net/tun c 10 200")
+			return -1, "", errors.New("/dev/net/tun is missing: modprobe tun, or mkdir -p /dev/net && mknod /dev/net/tun c 10 200")
 		}
-		return nil, "", permErr("open /dev/net/tun", err)
+		return -1, "", permErr("open /dev/net/tun", err)
 	}
 	var req ifreq
 	copy(req.name[:], name)
@@ -88,15 +105,15 @@ func openTap(name string) (*os.File, string, error) {
 	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNSETIFF, uintptr(unsafe.Pointer(&req))); e != 0 {
 		unix.Close(fd)
 		if e == unix.EBUSY {
-			return nil, "", fmt.Errorf("TAP %s is in use by another process", name)
+			return -1, "", fmt.Errorf("TAP %s is in use by another process", name)
 		}
-		return nil, "", permErr("TUNSETIFF "+name, e)
+		return -1, "", permErr("TUNSETIFF "+name, e)
 	}
 	got := string(req.name[:])
 	if i := strings.IndexByte(got, 0); i >= 0 {
 		got = got[:i]
 	}
-	return os.NewFile(uintptr(fd), "/dev/net/tun:"+got), got, nil
+	return fd, got, nil
 }
 
 func ioctlInt(f *os.File, req uint, v int) error {
