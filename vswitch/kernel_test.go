@@ -450,3 +450,47 @@ func TestKernelRestart(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// umlkit invoked as uml_switch, with uml_switch's flags (-daemon too),
+// serves kernels configured for uml_switch.
+func TestKernelUMLSwitchDropIn(t *testing.T) {
+	bin := umlkitBinary(t)
+	dir := umltest.ShortDir(t)
+	link := filepath.Join(dir, "uml_switch")
+	if err := os.Symlink(bin, link); err != nil {
+		t.Fatal(err)
+	}
+	ctl := filepath.Join(dir, "uml.ctl")
+	// Like uml_switch, the background switch keeps stdout and stderr:
+	// give it a file, not a pipe that would stay open.
+	logf, err := os.Create(filepath.Join(dir, "log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(link, "-unix", ctl, "-daemon")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	err = cmd.Run()
+	out, _ := os.ReadFile(logf.Name())
+	if err != nil || !strings.Contains(string(out), "uml_switch attached to unix socket '"+ctl+"'") {
+		t.Fatalf("uml_switch -unix %s -daemon: %v\n%s", ctl, err, out)
+	}
+	st, err := (&Client{Path: ctl + ".mgmt"}).Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(st.PID, syscall.SIGTERM) }) // the background switch started above
+	vms := bootAll(t, daemonNIC(ctl, 1), daemonNIC(ctl, 2))
+	ping(t, vms[0], "10.0.0.2")
+	poweroffAll(vms)
+	syscall.Kill(st.PID, syscall.SIGTERM)
+	for i := 0; ; i++ {
+		if _, err := os.Stat(ctl); err != nil {
+			break
+		}
+		if i == 200 {
+			t.Fatalf("the background uml_switch (pid %d) did not stop on SIGTERM", st.PID)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
