@@ -350,30 +350,15 @@ func TestKernelTAP(t *testing.T) {
 	poweroffAll(vms)
 }
 
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-)
-
-// umlkitBinary builds the umlkit command once per test run.
+// umlkitBinary builds the umlkit command for this test (go's build cache
+// makes the second build quick).
 func umlkitBinary(t *testing.T) string {
-	binOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "umlkit-bin-")
-		if err != nil {
-			binErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "umlkit")
-		if out, err := exec.Command("go", "build", "-o", binPath, "../cmd/umlkit").CombinedOutput(); err != nil {
-			binErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "umlkit")
+	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/umlkit").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	t.Cleanup(func() { os.RemoveAll(filepath.Dir(binPath)) })
-	return binPath
+	return bin
 }
 
 // startSwitch runs `umlkit switch --dir dir` as its own process.
