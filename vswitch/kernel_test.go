@@ -350,30 +350,15 @@ func TestKernelTAP(t *testing.T) {
 	poweroffAll(vms)
 }
 
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-)
-
-// umlkitBinary builds the umlkit command once per test run.
+// umlkitBinary builds the umlkit command for this test (go's build cache
+// makes the second build quick).
 func umlkitBinary(t *testing.T) string {
-	binOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "umlkit-bin-")
-		if err != nil {
-			binErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "umlkit")
-		if out, err := exec.Command("go", "build", "-o", binPath, "../cmd/umlkit").CombinedOutput(); err != nil {
-			binErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "umlkit")
+	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/umlkit").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	t.Cleanup(func() { os.RemoveAll(filepath.Dir(binPath)) })
-	return binPath
+	return bin
 }
 
 // startSwitch runs `umlkit switch --dir dir` as its own process.
@@ -448,5 +433,49 @@ func TestKernelRestart(t *testing.T) {
 			t.Fatalf("the keeper (%s) is still there after its instances and switch are gone", keep)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// umlkit invoked as uml_switch, with uml_switch's flags (-daemon too),
+// serves kernels configured for uml_switch.
+func TestKernelUMLSwitchDropIn(t *testing.T) {
+	bin := umlkitBinary(t)
+	dir := umltest.ShortDir(t)
+	link := filepath.Join(dir, "uml_switch")
+	if err := os.Symlink(bin, link); err != nil {
+		t.Fatal(err)
+	}
+	ctl := filepath.Join(dir, "uml.ctl")
+	// Like uml_switch, the background switch keeps stdout and stderr:
+	// give it a file, not a pipe that would stay open.
+	logf, err := os.Create(filepath.Join(dir, "log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(link, "-unix", ctl, "-daemon")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	err = cmd.Run()
+	out, _ := os.ReadFile(logf.Name())
+	if err != nil || !strings.Contains(string(out), "uml_switch attached to unix socket '"+ctl+"'") {
+		t.Fatalf("uml_switch -unix %s -daemon: %v\n%s", ctl, err, out)
+	}
+	st, err := (&Client{Path: ctl + ".mgmt"}).Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(st.PID, syscall.SIGTERM) }) // the background switch started above
+	vms := bootAll(t, daemonNIC(ctl, 1), daemonNIC(ctl, 2))
+	ping(t, vms[0], "10.0.0.2")
+	poweroffAll(vms)
+	syscall.Kill(st.PID, syscall.SIGTERM)
+	for i := 0; ; i++ {
+		if _, err := os.Stat(ctl); err != nil {
+			break
+		}
+		if i == 200 {
+			t.Fatalf("the background uml_switch (pid %d) did not stop on SIGTERM", st.PID)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -498,6 +499,7 @@ func (s *Switch) MACs() []MACEntry { return s.macs.entries(s.now.Load()) }
 
 // Stats is the switch's totals.
 type Stats struct {
+	PID          int    `json:"pid"` // the switch's process
 	Hub          bool   `json:"hub"`
 	Ports        int    `json:"ports"`
 	MACs         int    `json:"macs"`
@@ -513,7 +515,7 @@ type Stats struct {
 
 // Stats sums the counters of the connected ports.
 func (s *Switch) Stats() Stats {
-	st := Stats{Hub: s.Hub(), MACs: s.macs.len(), MACTableSize: s.cfg.MACTableSize, MACRefused: s.macs.refused.Load()}
+	st := Stats{PID: os.Getpid(), Hub: s.Hub(), MACs: s.macs.len(), MACTableSize: s.cfg.MACTableSize, MACRefused: s.macs.refused.Load()}
 	for _, p := range s.Ports() {
 		st.Ports++
 		st.RxFrames += p.RxFrames

@@ -331,7 +331,7 @@ func newSwitchStatsCmd(stdio IO, p *switchPaths) *cobra.Command {
 			if st.Hub {
 				mode = "hub"
 			}
-			fmt.Fprintf(stdio.Out, "mode      %s\nports     %d\nmacs      %d of %d (%d not learned: table full)\n", mode, st.Ports, st.MACs, st.MACTableSize, st.MACRefused)
+			fmt.Fprintf(stdio.Out, "pid       %d\nmode      %s\nports     %d\nmacs      %d of %d (%d not learned: table full)\n", st.PID, mode, st.Ports, st.MACs, st.MACTableSize, st.MACRefused)
 			fmt.Fprintf(stdio.Out, "received  %d frames, %d bytes, %d dropped\nsent      %d frames, %d bytes, %d dropped\n",
 				st.RxFrames, st.RxBytes, st.RxDrops, st.TxFrames, st.TxBytes, st.TxDrops)
 			return nil
