@@ -3,9 +3,10 @@ package vswitch
 import (
 	"fmt"
 	"os"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/umlkit/umlkit/internal/hostnet"
 )
 
 // AttachTAP adds the host TAP device name as a port, creating it when it
@@ -14,19 +15,12 @@ import (
 // The host side configures the device (addresses, link up) as usual. It
 // needs CAP_NET_ADMIN, or a persistent device owned by the caller.
 func (s *Switch) AttachTAP(name string, opts PortOptions) (int, error) {
-	if len(name) == 0 || len(name) >= unix.IFNAMSIZ {
-		return 0, fmt.Errorf("tap %q: an interface name has 1 to %d characters", name, unix.IFNAMSIZ-1)
+	if name == "" {
+		return 0, fmt.Errorf("tap: an interface name is needed")
 	}
-	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	fd, _, err := hostnet.OpenTap(name, unix.O_NONBLOCK)
 	if err != nil {
-		return 0, fmt.Errorf("tap %s: open /dev/net/tun: %w (load the tun module: modprobe tun)", name, err)
-	}
-	var ifr [unix.IFNAMSIZ + 24]byte
-	copy(ifr[:], name)
-	*(*uint16)(unsafe.Pointer(&ifr[unix.IFNAMSIZ])) = unix.IFF_TAP | unix.IFF_NO_PI
-	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNSETIFF, uintptr(unsafe.Pointer(&ifr[0]))); e != 0 {
-		unix.Close(fd)
-		return 0, fmt.Errorf("tap %s: TUNSETIFF: %w (it needs CAP_NET_ADMIN, or a tap device made for this user)", name, e)
+		return 0, fmt.Errorf("tap %s: %w", name, err)
 	}
 	if opts.Kind == "" {
 		opts.Kind = "tap"
