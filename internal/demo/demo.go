@@ -181,14 +181,17 @@ func startVM(ctx context.Context, k *kernel.Kernel, dir, name string, args []str
 	return v, nil
 }
 
-func (v *vm) show(ctx context.Context, timeout time.Duration, out io.Writer) error {
+// show waits for the instance and prints who it is, as one block.
+func (v *vm) show(ctx context.Context, timeout time.Duration, w io.Writer) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	var out strings.Builder
+	defer func() { io.WriteString(w, out.String()) }()
 	start := time.Now()
 	if _, err := v.con.WaitFor(ctx, "umlkit-ready"); err != nil {
 		return fmt.Errorf("instance %s did not boot: %w", v.name, err)
 	}
-	fmt.Fprintf(out, "   %s: up in %v\n", v.name, time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(&out, "   %s: up in %v\n", v.name, time.Since(start).Round(time.Millisecond))
 	for _, c := range []string{"uname -a", "hostname"} {
 		res, status, err := v.con.Run(ctx, c)
 		if err != nil {
@@ -197,7 +200,7 @@ func (v *vm) show(ctx context.Context, timeout time.Duration, out io.Writer) err
 		if status != 0 {
 			return fmt.Errorf("instance %s: %s exited %d: %s", v.name, c, status, res)
 		}
-		fmt.Fprintf(out, "   %s$ %s\n   %s\n", v.name, c, res)
+		fmt.Fprintf(&out, "   %s$ %s\n   %s\n", v.name, c, res)
 	}
 	return nil
 }
