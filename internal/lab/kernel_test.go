@@ -142,3 +142,80 @@ func TestKernelTwoHosts(t *testing.T) {
 		t.Errorf("Down left %s: %v", l.RunDir(), err)
 	}
 }
+
+func TestKernelLtest(t *testing.T) {
+	l, o := upLab(t, "twohosts")
+	ctx := context.Background()
+	rep, err := Test(ctx, l, TestOptions{Options: o, Record: true})
+	if err != nil {
+		t.Fatalf("Test(record): %v", err)
+	}
+	var buf bytes.Buffer
+	FormatReport(&buf, rep)
+	if rep.Failed != 0 || !strings.Contains(buf.String(), "rec  pc1        user") {
+		t.Fatalf("Test(record):\n%s", buf.String())
+	}
+	sig, _ := os.ReadFile(filepath.Join(l.Dir, "_test", "signature", "pc1.user"))
+	if string(sig) != "pc2 answers\n" {
+		t.Errorf("pc1.user signature = %q, want %q", sig, "pc2 answers\n")
+	}
+	rep, err = Test(ctx, l, TestOptions{Options: o})
+	if err != nil || rep.Failed != 0 {
+		buf.Reset()
+		FormatReport(&buf, rep)
+		t.Fatalf("Test(verify) = %v:\n%s", err, buf.String())
+	}
+	for _, r := range rep.Results {
+		if r.Status != "pass" {
+			t.Errorf("verify: %+v, want pass", r)
+		}
+	}
+	// Break pc2: its address goes, so signatures and checks fail.
+	mustExec(t, l, "pc2", "ip addr flush dev eth0")
+	rep, err = Test(ctx, l, TestOptions{Options: o})
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf.Reset()
+	FormatReport(&buf, rep)
+	for _, want := range []string{"FAIL pc2        default", "-     inet 10.0.0.2/24", "FAIL pc1        user", "FAIL pc1        ping pc1 10.0.0.2 (" + filepath.Join(l.Dir, "_test", "checks") + ":2)"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("broken lab report lacks %q:\n%s", want, buf.String())
+		}
+	}
+}
+
+// A lab whose startup gives pc2 the wrong address fails its checks; Test
+// starts it and stops it again.
+func TestKernelBrokenLab(t *testing.T) {
+	umltest.Kernel(t)
+	t.Setenv("UMLKIT_RUNTIME_DIR", umltest.ShortDir(t))
+	img := umltest.AgentImage(t)
+	dir := copyLab(t, "twohosts")
+	os.WriteFile(filepath.Join(dir, "pc2.startup"), []byte("ip addr add 10.0.0.3/24 dev eth0\nip link set eth0 up\nexit 3\n"), 0o644)
+	l, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := Options{Exe: umltest.Umlkit(t), Image: func(context.Context, string) (string, error) { return img, nil }}
+	t.Cleanup(func() { Crash(context.Background(), l, nil, false, Options{}) })
+	rep, err := Test(context.Background(), l, TestOptions{Options: o})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	FormatReport(&buf, rep)
+	for _, want := range []string{"FAIL pc2        startup", "pc2.startup exited 3", "FAIL pc1        ping pc1 10.0.0.2", "FAIL pc2        exec pc2"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, buf.String())
+		}
+	}
+	if rep.Failed < 3 {
+		t.Errorf("Failed = %d, want at least 3", rep.Failed)
+	}
+	for _, s := range Status(context.Background(), l, false) {
+		if s.State == "running" {
+			t.Errorf("Test left %s running", s.Node)
+		}
+	}
+}
