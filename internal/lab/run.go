@@ -124,6 +124,9 @@ func (l *Lab) lock(ctx context.Context, wait bool) (func(), error) {
 
 // NodeState is what the lab remembers of a node between commands.
 type NodeState struct {
+	// Prepared: the lab directory, tree, shared/, sysctls and startup
+	// script were done (a node interrupted before is prepared on the next up).
+	Prepared     bool   `json:"prepared"`
 	StartupExit  *int   `json:"startup_exit,omitempty"`
 	StartupError string `json:"startup_error,omitempty"`
 }
@@ -159,11 +162,12 @@ func (l *Lab) writeState(s labState) error {
 
 // UpResult is what Up did for one node.
 type UpResult struct {
-	Node    string
-	Started bool   // false: it was already running
-	Err     error  // the instance did not start
-	Startup *int   // the startup script's exit status, when it ran
-	Output  string // the startup script's output
+	Node     string
+	Started  bool   // false: it was already running
+	Prepared bool   // its files and startup script were done now
+	Err      error  // the instance did not start
+	Startup  *int   // the startup script's exit status, when it ran
+	Output   string // the startup script's output
 }
 
 // selectNodes returns the named nodes (all when names is empty).
@@ -242,11 +246,14 @@ func Up(ctx context.Context, l *Lab, names []string, o Options) ([]UpResult, err
 			wg.Add(1)
 			go func(n *Node) {
 				defer wg.Done()
-				r := l.upNode(ctx, n, exe, resolve, &o)
+				mu.Lock()
+				prepared := state.Nodes[n.Name].Prepared
+				mu.Unlock()
+				r := l.upNode(ctx, n, prepared, exe, resolve, &o)
 				mu.Lock()
 				results = append(results, r)
-				if r.Started {
-					ns := NodeState{StartupExit: r.Startup}
+				if r.Started || r.Prepared {
+					ns := NodeState{StartupExit: r.Startup, Prepared: r.Err == nil}
 					if r.Err != nil {
 						ns.StartupError = r.Err.Error()
 					}
@@ -267,11 +274,19 @@ func Up(ctx context.Context, l *Lab, names []string, o Options) ([]UpResult, err
 	return results, nil
 }
 
-func (l *Lab) upNode(ctx context.Context, n *Node, exe string, resolve func(context.Context, string) (string, error), o *Options) UpResult {
+func (l *Lab) upNode(ctx context.Context, n *Node, prepared bool, exe string, resolve func(context.Context, string) (string, error), o *Options) UpResult {
 	r := UpResult{Node: n.Name}
 	inst := l.Instance(n.Name)
 	if in, err := machine.Get(inst); err == nil && in.State.Live() {
-		return r
+		if prepared {
+			return r
+		}
+		// Started by an up that was interrupted: wait for it, then finish.
+		if err := waitRunning(ctx, inst, 2*time.Minute); err != nil {
+			r.Err = fmt.Errorf("device %s: %w", n.Name, err)
+			return r
+		}
+		return l.finishNode(ctx, n, r, o)
 	}
 	img, err := resolve(ctx, n.Image)
 	if err != nil {
@@ -304,6 +319,12 @@ func (l *Lab) upNode(ctx context.Context, n *Node, exe string, resolve func(cont
 	}
 	r.Started = true
 	o.progress("%s: ready in %.1fs", n.Name, time.Since(t0).Seconds())
+	return l.finishNode(ctx, n, r, o)
+}
+
+// finishNode prepares a running node and runs its startup script.
+func (l *Lab) finishNode(ctx context.Context, n *Node, r UpResult, o *Options) UpResult {
+	r.Prepared = true
 	code, out, err := l.prepareNode(ctx, n)
 	r.Output = out
 	if err != nil {
@@ -331,12 +352,12 @@ const GuestLab = "/hostlab"
 // exit status and output it returns.
 func (l *Lab) prepareNode(ctx context.Context, n *Node) (int, string, error) {
 	var sh strings.Builder
-	fmt.Fprintf(&sh, "mkdir -p %s && mount -t hostfs none %s || exit 100\n", GuestLab, GuestLab)
+	fmt.Fprintf(&sh, "grep -q ' %s ' /proc/mounts || { mkdir -p %s && mount -t hostfs none %s; } || exit 100\n", GuestLab, GuestLab, GuestLab)
 	if n.Tree != "" {
 		fmt.Fprintf(&sh, "cp -a %s/%s/. / || exit 101\n", GuestLab, shq(n.Tree))
 	}
 	if l.Shared {
-		fmt.Fprintf(&sh, "mkdir -p /shared && mount -o bind %s/shared /shared || exit 102\n", GuestLab)
+		fmt.Fprintf(&sh, "grep -q ' /shared ' /proc/mounts || { mkdir -p /shared && mount -o bind %s/shared /shared; } || exit 102\n", GuestLab)
 	}
 	// The lab directory itself is read-only in the guest; shared/ is not.
 	fmt.Fprintf(&sh, "mount -o remount,bind,ro %s 2>/dev/null\n", GuestLab)
@@ -460,44 +481,63 @@ func (l *Lab) stop(ctx context.Context, names []string, wipe, crash bool, o Opti
 	defer unlock()
 	var errs []error
 	var mu sync.Mutex
-	for i := len(l.Levels) - 1; i >= 0; i-- {
+	live := func(name string) bool {
+		in, err := machine.Get(l.Instance(name))
+		return err == nil && in.State.Live()
+	}
+	// Shutdown scripts run in reverse lab.dep order, a level at a time.
+	for i := len(l.Levels) - 1; i >= 0 && !crash; i-- {
 		var wg sync.WaitGroup
 		for _, name := range l.Levels[i] {
-			if !sel[name] {
+			n := l.Node(name)
+			if !sel[name] || !live(name) {
 				continue
 			}
 			wg.Add(1)
-			go func(n *Node) {
+			go func() {
 				defer wg.Done()
-				inst := l.Instance(n.Name)
-				in, err := machine.Get(inst)
-				if err == nil && in.State.Live() {
-					if crash {
-						err = machine.Kill(ctx, inst)
-						o.progress("%s: killed", n.Name)
-					} else {
-						if n.Shutdown != "" {
-							if r, err := l.guestRun(ctx, n.Name, "exec /bin/sh "+GuestLab+"/"+shq(n.Shutdown)+" 2>&1", n.Env, 30*time.Second); err != nil || r.code != 0 {
-								o.progress("%s: %s failed (exit %d%s): %s", n.Name, n.Shutdown, r.code, errText(err), strings.TrimSpace(r.out))
-							}
-						}
-						// The guest unmounts nothing on halt: sync hostfs writes first.
-						l.guestRun(ctx, n.Name, "sync; umount /shared 2>/dev/null; umount "+GuestLab+" 2>/dev/null; true", nil, 10*time.Second)
-						err = machine.Stop(ctx, inst, 10*time.Second)
-						o.progress("%s: stopped", n.Name)
+				script := "sync; umount /shared 2>/dev/null; umount " + GuestLab + " 2>/dev/null; true"
+				if n.Shutdown != "" {
+					r, err := l.guestRun(ctx, n.Name, "/bin/sh "+GuestLab+"/"+shq(n.Shutdown)+" 2>&1", n.Env, 30*time.Second)
+					if err != nil || r.code != 0 {
+						o.progress("%s: %s failed (exit %d%s): %s", n.Name, n.Shutdown, r.code, errText(err), strings.TrimSpace(r.out))
 					}
-				} else {
-					err = nil
 				}
-				if err != nil {
-					mu.Lock()
-					errs = append(errs, fmt.Errorf("device %s: %w", n.Name, err))
-					mu.Unlock()
-				}
-			}(l.Node(name))
+				// hostfs writes reach the host at once; unmount so none is pending.
+				l.guestRun(ctx, n.Name, script, nil, 10*time.Second)
+			}()
 		}
 		wg.Wait()
 	}
+	var wg sync.WaitGroup
+	for _, n := range l.Nodes {
+		if !sel[n.Name] || !live(n.Name) {
+			continue
+		}
+		wg.Add(1)
+		go func(n *Node) {
+			defer wg.Done()
+			var err error
+			if crash {
+				err = machine.Kill(ctx, l.Instance(n.Name))
+				o.progress("%s: killed", n.Name)
+			} else {
+				err = machine.Stop(ctx, l.Instance(n.Name), 10*time.Second)
+				o.progress("%s: stopped", n.Name)
+			}
+			if err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("device %s: %w", n.Name, err))
+				mu.Unlock()
+			}
+		}(n)
+	}
+	wg.Wait()
+	state := l.readState()
+	for name := range sel {
+		delete(state.Nodes, name)
+	}
+	l.writeState(state)
 	anyLive := false
 	for _, n := range l.Nodes {
 		if in, err := machine.Get(l.Instance(n.Name)); err == nil && in.State.Live() {
@@ -663,3 +703,27 @@ func dash(s string) string {
 
 // sortNames sorts and returns names.
 func sortNames(names []string) []string { sort.Strings(names); return names }
+
+// waitRunning waits until the instance's guest is ready.
+func waitRunning(ctx context.Context, inst string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		in, err := machine.Get(inst)
+		if err != nil {
+			return err
+		}
+		switch {
+		case in.State.Status == machine.Running:
+			return nil
+		case !in.State.Live():
+			return fmt.Errorf("instance %s %s during boot: umlkit vm logs %s shows why", inst, in.State.Status, inst)
+		case time.Now().After(deadline):
+			return fmt.Errorf("instance %s not ready within %v: umlkit vm logs %s shows the console", inst, timeout, inst)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
