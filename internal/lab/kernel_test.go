@@ -3,6 +3,7 @@ package lab
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -217,5 +218,127 @@ func TestKernelBrokenLab(t *testing.T) {
 		if s.State == "running" {
 			t.Errorf("Test left %s running", s.Node)
 		}
+	}
+}
+
+func TestKernelStaticRouting(t *testing.T) {
+	l, o := upLab(t, "routing")
+	mustExec(t, l, "pc1", "ping -c 2 -W 3 10.0.3.2")
+	rep, err := Test(context.Background(), l, TestOptions{Options: o})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Failed != 0 {
+		var buf bytes.Buffer
+		FormatReport(&buf, rep)
+		t.Fatalf("checks of the routing lab:\n%s", buf.String())
+	}
+	// Without r2's route back, pc1 no longer reaches pc2.
+	mustExec(t, l, "r2", "ip route del 10.0.1.0/24")
+	if code, out, _ := Exec(context.Background(), l, "pc1", "ping -c 1 -W 2 10.0.3.2", 30*time.Second); code == 0 {
+		t.Errorf("pc1 reaches pc2 without r2's route back: %q", out)
+	}
+}
+
+// rxPackets reads a node's eth0 receive counter.
+func rxPackets(t *testing.T, l *Lab, node string) int {
+	t.Helper()
+	var n int
+	if _, err := fmt.Sscan(mustExec(t, l, node, "cat /sys/class/net/eth0/statistics/rx_packets"), &n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestKernelHubFilesDeps(t *testing.T) {
+	l, o := upLab(t, "hubfiles")
+	// lab.dep: pc1 (whose startup sleeps first), then pc2, then pc3.
+	if b, _ := os.ReadFile(filepath.Join(l.Dir, "shared", "order")); string(b) != "pc1\npc2\npc3\n" {
+		t.Errorf("startup order in shared/order = %q, want pc1, pc2, pc3", b)
+	}
+	if out := mustExec(t, l, "pc1", "cat /etc/lab-motd"); out != "tree file of pc1\n" {
+		t.Errorf("pc1's tree file = %q", out)
+	}
+	if code, _, _ := Exec(context.Background(), l, "pc2", "test -e /etc/lab-motd", 10*time.Second); code == 0 {
+		t.Errorf("pc2 has pc1's tree file")
+	}
+	if out := mustExec(t, l, "pc3", "cat /shared/hello.txt"); out != "shared by every node\n" {
+		t.Errorf("shared/hello.txt in pc3 = %q", out)
+	}
+	if code, _, _ := Exec(context.Background(), l, "pc2", "touch /hostlab/lab.conf", 10*time.Second); code == 0 {
+		t.Errorf("the lab directory is writable in the guest; want it read-only (shared/ aside)")
+	}
+
+	// A capture of the hub domain sees the traffic.
+	var pcap syncBuffer
+	stop := make(chan struct{})
+	capDone := make(chan error, 1)
+	go func() { capDone <- Capture(l, "H", &pcap, stop) }()
+	// On the hub, pc3 receives pc1's unicast to pc2.
+	mustExec(t, l, "pc1", "ping -c 1 -W 2 10.0.9.2")
+	before := rxPackets(t, l, "pc3")
+	mustExec(t, l, "pc1", "ping -c 20 -i 0.05 -W 2 10.0.9.2 >/dev/null")
+	if got := rxPackets(t, l, "pc3") - before; got < 40 {
+		t.Errorf("pc3 received %d frames while pc1 and pc2 exchanged 40 on the hub, want at least 40", got)
+	}
+	close(stop)
+	if err := <-capDone; err != nil {
+		t.Errorf("Capture: %v", err)
+	}
+	if n := len(pcap.String()); n < 24+40*(16+98) {
+		t.Errorf("capture of H has %d bytes, want the 40 echo frames", n)
+	}
+	// The same domain as a switch: pc3 no longer sees them.
+	c, err := l.SwitchClient("H")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetHub(false); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, l, "pc1", "ping -c 2 -W 2 10.0.9.2 >/dev/null")
+	before = rxPackets(t, l, "pc3")
+	mustExec(t, l, "pc1", "ping -c 20 -i 0.05 -W 2 10.0.9.2 >/dev/null")
+	if got := rxPackets(t, l, "pc3") - before; got >= 20 {
+		t.Errorf("pc3 received %d frames on a learning switch, want only the odd broadcast", got)
+	}
+	if err := Down(context.Background(), l, nil, true, o); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(l.Dir, "shared", "shutdown")); string(b) != "pc1 down\n" {
+		t.Errorf("pc1.shutdown wrote %q to shared/shutdown, want %q", b, "pc1 down\n")
+	}
+	if _, err := os.Stat(l.COW("pc1")); !os.IsNotExist(err) {
+		t.Errorf("Down with wipe kept the COW file: %v", err)
+	}
+}
+
+// The examples pass their own tests, against the signatures they ship.
+func TestKernelExamples(t *testing.T) {
+	umltest.Kernel(t)
+	t.Setenv("UMLKIT_RUNTIME_DIR", umltest.ShortDir(t))
+	img := umltest.AgentImage(t)
+	o := Options{Exe: umltest.Umlkit(t), Image: func(context.Context, string) (string, error) { return img, nil }}
+	for _, name := range []string{"seed", "two-hosts", "static-routing"} {
+		t.Run(name, func(t *testing.T) {
+			dir := filepath.Join(umltest.ShortDir(t), name)
+			if err := os.CopyFS(dir, os.DirFS(filepath.Join("..", "..", "examples", name))); err != nil {
+				t.Fatal(err)
+			}
+			l, err := Load(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { Crash(context.Background(), l, nil, false, Options{}) })
+			rep, err := Test(context.Background(), l, TestOptions{Options: o})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var buf bytes.Buffer
+			FormatReport(&buf, rep)
+			if rep.Failed != 0 || strings.Contains(buf.String(), "rec ") {
+				t.Errorf("lab test %s (want every item to pass against the shipped signatures):\n%s", name, buf.String())
+			}
+		})
 	}
 }

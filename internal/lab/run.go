@@ -75,13 +75,14 @@ func (l *Lab) RunDir() string { return filepath.Join(hostdirs.Runtime(), "labs",
 func (l *Lab) COW(node string) string { return filepath.Join(l.StateDir(), node+".cow") }
 
 // MAC is the address of node's eth<i>: the one lab.conf gives, else one
-// derived from the lab, node and interface, so that it is the same on
-// every start (ltest signatures show it).
+// derived from the lab's name, the node and the interface, so that it is
+// the same on every start and wherever the lab is copied (ltest
+// signatures show it).
 func (l *Lab) MAC(node string, i int) string {
 	if n := l.Node(node); n != nil && i < len(n.Interfaces) && n.Interfaces[i].MAC != "" {
 		return n.Interfaces[i].MAC
 	}
-	h := sha256.Sum256([]byte(fmt.Sprintf("%s/%s/%d", l.Dir, node, i)))
+	h := sha256.Sum256([]byte(fmt.Sprintf("%s/%s/%d", l.Name(), node, i)))
 	return fmt.Sprintf("02:%02x:%02x:%02x:%02x:%02x", h[0], h[1], h[2], h[3], h[4])
 }
 
