@@ -197,6 +197,9 @@ func addInterface(nd *Node, idx int, val string, line int, seen map[int]int, per
 		return perr("%s[%d] is set twice (also on line %d): give each interface one collision domain", nd.Name, idx, prev)
 	}
 	seen[idx] = line
+	if strings.HasPrefix(val, "tap,") {
+		return perr("%s[%d]=%s: Netkit's tap collision domain (a host TAP) is not supported by umlkit labs: remove it", nd.Name, idx, val)
+	}
 	dom, mac, hasMAC := strings.Cut(val, "/")
 	if !domainRe.MatchString(dom) {
 		return perr("%s[%d]=%q: collision domain name %q: use 1-32 letters, digits, '_', '.' or '-'", nd.Name, idx, val, dom)

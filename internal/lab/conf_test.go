@@ -1,13 +1,16 @@
 package lab
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
@@ -122,6 +125,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"open quote", "pc1[0]=\"A\n", "no closing"},
 		{"bad name", "p$c[0]=A\n", "device name"},
 		{"iface range", "pc1[64]=A\n", "from 0 to 63"},
+		{"netkit tap", "pc1[0]=tap,10.0.0.1,10.0.0.2\n", "Netkit's tap collision domain"},
 		{"hub unknown", "UMLKIT_HUBS=\"a b!\"\n", "UMLKIT_HUBS"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -255,4 +259,26 @@ func FuzzParseDeps(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestLockRefusesASecondHolder(t *testing.T) {
+	l := &Lab{Dir: t.TempDir()}
+	unlock, err := l.lock(context.Background(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.lock(context.Background(), false); !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), fmt.Sprintf("pid %d", os.Getpid())) {
+		t.Errorf("second lock = %v, want ErrBusy naming pid %d", err, os.Getpid())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := l.lock(ctx, true); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("waiting lock = %v, want the context's deadline", err)
+	}
+	unlock()
+	unlock2, err := l.lock(context.Background(), false)
+	if err != nil {
+		t.Fatalf("lock after unlock: %v", err)
+	}
+	unlock2()
 }

@@ -537,6 +537,12 @@ func (l *Lab) stop(ctx context.Context, names []string, wipe, crash bool, o Opti
 	state := l.readState()
 	for name := range sel {
 		delete(state.Nodes, name)
+		// After a clean stop the instance's record goes too (umlkit vm list
+		// no longer shows it); after a crash it stays for a post-mortem
+		// until lab clean.
+		if !crash && !live(name) {
+			os.RemoveAll(machine.PathsOf(l.Instance(name)).Dir)
+		}
 	}
 	l.writeState(state)
 	anyLive := false
@@ -546,11 +552,19 @@ func (l *Lab) stop(ctx context.Context, names []string, wipe, crash bool, o Opti
 		}
 	}
 	if !anyLive {
+		var wg sync.WaitGroup
 		for _, d := range l.Domains {
-			if err := l.stopSwitch(d); err != nil {
-				errs = append(errs, err)
-			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := l.stopSwitch(d); err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+				}
+			}()
 		}
+		wg.Wait()
 		os.RemoveAll(l.RunDir())
 	}
 	if wipe {

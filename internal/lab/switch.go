@@ -93,7 +93,9 @@ func (l *Lab) stopSwitch(d *Domain) error {
 		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
 		if pid > 0 && isSwitch(pid) {
 			syscall.Kill(pid, syscall.SIGTERM)
-			deadline := time.Now().Add(3 * time.Second)
+			// No instance is left on it, so there is nothing to drain: a
+			// switch that has not exited after a second is killed.
+			deadline := time.Now().Add(time.Second)
 			for syscall.Kill(pid, 0) == nil && time.Now().Before(deadline) {
 				time.Sleep(10 * time.Millisecond)
 			}
