@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -715,9 +714,6 @@ func dash(s string) string {
 	}
 	return s
 }
-
-// sortNames sorts and returns names.
-func sortNames(names []string) []string { sort.Strings(names); return names }
 
 // waitRunning waits until the instance's guest is ready.
 func waitRunning(ctx context.Context, inst string, timeout time.Duration) error {
