@@ -125,6 +125,7 @@ network lab: copy-on-write disks, a switch, images, and Netkit/Kathara labs.`,
 		newMconsoleCmd(stdio),
 		newCowCmd(stdio),
 		newSwitchCmd(stdio),
+		newLabCmd(stdio),
 	)
 	addGroups(root)
 	return root

@@ -1,0 +1,80 @@
+package lab
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/umlkit/umlkit/internal/umltest"
+)
+
+// TestKernelCLI drives `umlkit lab` as a user does, with the static umlkit
+// the test builds: up, a second up, exec and its exit status, status
+// --json, test, down, clean.
+func TestKernelCLI(t *testing.T) {
+	umltest.Kernel(t)
+	bin := umltest.Umlkit(t)
+	img := umltest.AgentImage(t)
+	rt := umltest.ShortDir(t)
+	dir := copyLab(t, "twohosts")
+	env := append(os.Environ(), "UMLKIT_RUNTIME_DIR="+rt, EnvImage+"="+img)
+	run := func(args ...string) (string, int) {
+		cmd := exec.Command(bin, args...)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return string(out), ee.ExitCode()
+		}
+		if err != nil {
+			t.Fatalf("umlkit %v: %v", args, err)
+		}
+		return string(out), 0
+	}
+	t.Cleanup(func() { run("lab", "crash", dir) })
+	if out, code := run("lab", "up", dir); code != 0 || !strings.Contains(out, "eth0=10.0.0.2/24") {
+		t.Fatalf("lab up = %d:\n%s", code, out)
+	}
+	if out, code := run("lab", "up", dir); code != 0 || strings.Contains(out, "booting") {
+		t.Errorf("second lab up = %d, want nothing started:\n%s", code, out)
+	}
+	if out, code := run("lab", "exec", dir, "pc1", "--", "ping", "-c", "1", "10.0.0.2"); code != 0 {
+		t.Errorf("lab exec ping = %d:\n%s", code, out)
+	}
+	if _, code := run("lab", "exec", dir, "pc1", "--", "sh", "-c", "exit 7"); code != 7 {
+		t.Errorf("lab exec 'exit 7' = %d, want 7", code)
+	}
+	out, code := run("lab", "status", dir, "--json")
+	var st struct {
+		Nodes []NodeStatus `json:"nodes"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || len(st.Nodes) != 2 || st.Nodes[1].State != "running" {
+		t.Errorf("lab status --json = %d:\n%s", code, out)
+	}
+	if out, code := run("lab", "test", dir); code != 0 || !strings.Contains(out, "passed") {
+		t.Errorf("lab test = %d:\n%s", code, out)
+	}
+	os.WriteFile(filepath.Join(dir, "_test", "checks"), []byte("ping pc1 10.0.0.77\n"), 0o644)
+	if out, code := run("lab", "test", dir); code != 1 || !strings.Contains(out, "FAIL pc1        ping pc1 10.0.0.77") {
+		t.Errorf("lab test with a failing check = %d, want 1 and the check named:\n%s", code, out)
+	}
+	if out, code := run("lab", "clean", dir); code == 0 || !strings.Contains(out, "still running") {
+		t.Errorf("lab clean while running = %d:\n%s", code, out)
+	}
+	if out, code := run("lab", "down", dir); code != 0 {
+		t.Errorf("lab down = %d:\n%s", code, out)
+	}
+	if out, code := run("lab", "down", dir); code != 0 {
+		t.Errorf("lab down of a stopped lab = %d:\n%s", code, out)
+	}
+	if out, code := run("lab", "clean", dir); code != 0 {
+		t.Errorf("lab clean = %d:\n%s", code, out)
+	}
+	if _, err := os.Stat(filepath.Join(dir, ".umlkit")); !os.IsNotExist(err) {
+		t.Errorf("lab clean left .umlkit: %v", err)
+	}
+}

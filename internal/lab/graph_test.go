@@ -1,0 +1,47 @@
+package lab
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestDotAndHTML(t *testing.T) {
+	l, err := Load(filepath.Join("testdata", "hubfiles"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dot := Dot(l, map[string]map[string]string{"pc1": {"eth0": "10.0.9.1/24"}})
+	for _, want := range []string{
+		`graph "hubfiles" {`,
+		`"domain:H" [shape=ellipse, style=dashed, label="H"];`,
+		`"node:pc1" -- "domain:H" [label="eth0\n10.0.9.1/24"];`,
+		`"node:pc3" -- "domain:H" [label="eth0"];`,
+	} {
+		if !strings.Contains(dot, want) {
+			t.Errorf("Dot lacks %q:\n%s", want, dot)
+		}
+	}
+	l.Meta = map[string]string{"LAB_DESCRIPTION": "<b>&"}
+	page := HTML(l, nil)
+	if !strings.Contains(page, "<p>&lt;b&gt;&amp;</p>") || !strings.Contains(page, `<td class="hub">hub</td>`) {
+		t.Errorf("HTML does not escape the description or show the hub:\n%s", page)
+	}
+}
+
+func TestResolveImage(t *testing.T) {
+	img := filepath.Join(t.TempDir(), "root_fs")
+	os.WriteFile(img, []byte("x"), 0o644)
+	t.Setenv(EnvImage, img)
+	for _, name := range []string{"", "kathara/base", "kathara/frr"} {
+		if got, err := ResolveImage(context.Background(), name, ""); err != nil || got != img {
+			t.Errorf("ResolveImage(%q) = %q, %v, want %s", name, got, err, img)
+		}
+	}
+	t.Setenv(EnvImage, img+".missing")
+	if _, err := ResolveImage(context.Background(), "kathara/base", ""); err == nil || !strings.Contains(err.Error(), EnvImage) {
+		t.Errorf("ResolveImage with a missing %s = %v, want an error naming it", EnvImage, err)
+	}
+}
