@@ -15,9 +15,15 @@ setup:
 build:
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/umlkit ./cmd/umlkit
 
+# The main job: the guide's two instances on one image, then the guide's
+# scenario as a lab (a switch domain, a hub domain, a router): up, its
+# tests, a status table, down (which runs even when something failed).
 demo: setup build
 	./bin/umlkit doctor
 	./bin/umlkit demo
+	./bin/umlkit lab up examples/seed; s=$$?; \
+	if [ $$s -eq 0 ]; then ./bin/umlkit lab test examples/seed; s=$$?; ./bin/umlkit lab status examples/seed; fi; \
+	./bin/umlkit lab down examples/seed; exit $$s
 
 # Kernel tests must run here: a missing kernel fails them instead of
 # skipping them.
