@@ -123,6 +123,7 @@ network lab: copy-on-write disks, a switch, images, and Netkit/Kathara labs.`,
 		newVMCmd(stdio),
 		newMconsoleCmd(stdio),
 		newCowCmd(stdio),
+		newImageCmd(stdio),
 	)
 	addGroups(root)
 	return root
