@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/umlkit/umlkit/cow"
 	"github.com/umlkit/umlkit/internal/image"
 	"github.com/umlkit/umlkit/internal/image/store"
 )
@@ -28,6 +29,7 @@ umlkit as their init, with the exec agent (umlkit vm exec).`,
 		GroupID: groupDisks,
 	}
 	c.AddCommand(newImageListCmd(stdio), newImagePathCmd(stdio), newImageRmCmd(stdio), newImageBuildCmd(stdio))
+	c.AddCommand(newImageInstallCmds(stdio)...)
 	return c
 }
 
@@ -287,5 +289,169 @@ func imageBuildDebian(ctx context.Context, stdio IO, f buildFlags, opts image.De
 		return err
 	}
 	fmt.Fprintf(stdio.Out, "built image %s: %s (%s, Debian %s) in %v\n", f.name, out, humanBytes(st.Size()), suite, time.Since(start).Round(time.Second))
+	return nil
+}
+
+func newImageInstallCmds(stdio IO) []*cobra.Command {
+	var cowFile string
+	install := &cobra.Command{
+		Use:   "install IMAGE PKG...",
+		Short: "Install Slackware (.tgz, .txz) and Debian (.deb) packages into an image",
+		Long: `Install packages into an image as the seed does by hand: boot it under UML with
+the package files shared through hostfs (confined to a directory holding only
+them), install each inside the guest (Slackware: unpack at /, run
+install/doinst.sh, record /var/log/packages/NAME like installpkg; Debian:
+dpkg -i where the image has dpkg, else unpack and record in dpkg's
+database), and power off. The work happens on a copy that replaces the image
+only when every package installed: a bad package leaves it as it was.
+
+An image that COW files depend on must not change (the kernel would refuse
+them): install into one instance's COW file with --cow instead.`,
+		Example: "  umlkit image install minimal tcpdump-4.99.4-x86_64-1.txz\n  umlkit image install debian ./hello_2.10-3_amd64.deb\n  umlkit image install debian --cow r1.cow tcpdump-4.99.4-x86_64-1.txz",
+		Args:    cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			exe, err := staticSelf()
+			if err != nil {
+				return err
+			}
+			return imageInstall(cmd.Context(), stdio, args[0], args[1:], cowFile, exe)
+		},
+	}
+	install.Flags().StringVar(&cowFile, "cow", "", "install into this COW `FILE` over IMAGE instead of the image")
+	var asJSON bool
+	packages := &cobra.Command{
+		Use:   "packages IMAGE",
+		Short: "List the packages installed in an image (/var/log/packages and dpkg's database), without booting it",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return imagePackages(stdio, args[0], asJSON)
+		},
+	}
+	packages.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	remove := &cobra.Command{
+		Use:   "remove IMAGE NAME",
+		Short: "Remove a Slackware package from an image, like removepkg",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			exe, err := staticSelf()
+			if err != nil {
+				return err
+			}
+			return imageRemove(cmd.Context(), stdio, args[0], args[1], exe)
+		},
+	}
+	return []*cobra.Command{install, packages, remove}
+}
+
+// writableImage resolves an image that is about to change and refuses it
+// while COW files or instances depend on it.
+func writableImage(nameOrPath, verb string) (string, error) {
+	img, err := store.Resolve(nameOrPath)
+	if err != nil {
+		return "", err
+	}
+	if err := store.CheckUnused(img); err != nil {
+		var iu *store.InUseError
+		if errors.As(err, &iu) && len(iu.COWs) > 0 {
+			return "", fmt.Errorf("%w: %s would change its modification time and invalidate them; install into one instance's COW file instead: umlkit image install %s --cow %s PKG...", err, verb, nameOrPath, iu.COWs[0])
+		}
+		return "", err
+	}
+	return img, nil
+}
+
+func imageInstall(ctx context.Context, stdio IO, nameOrPath string, pkgs []string, cowFile, exe string) error {
+	opts := image.InstallOptions{Umlkit: exe, Progress: progressTo(stdio.Err)}
+	if cowFile == "" {
+		img, err := writableImage(nameOrPath, "installing")
+		if err != nil {
+			return err
+		}
+		opts.Image = img
+	} else {
+		img, err := store.Resolve(nameOrPath)
+		if err != nil {
+			return err
+		}
+		h, err := cow.ReadHeader(cowFile)
+		if err != nil {
+			return err
+		}
+		bst, err1 := os.Stat(h.Backing)
+		ist, err2 := os.Stat(img)
+		if err1 != nil || err2 != nil || !os.SameFile(bst, ist) {
+			return fmt.Errorf("COW file %s is over %s, not over image %s", cowFile, h.Backing, img)
+		}
+		if e, err := cow.Probe(cowFile, true); err == nil && e != nil {
+			return fmt.Errorf("%w: stop the instance first (umlkit vm stop)", e)
+		}
+		opts.Image, opts.COW = img, cowFile
+	}
+	done, err := image.Install(ctx, pkgs, opts)
+	if err != nil {
+		return err
+	}
+	for _, p := range done {
+		v := ""
+		if p.Version != "" {
+			v = " " + p.Version
+		}
+		fmt.Fprintf(stdio.Out, "installed %s%s (%s, %s, %d files)\n", p.Name, v, p.Kind, humanBytes(p.UncompressedSize), len(p.Files))
+	}
+	if cowFile == "" {
+		recordPackages(nameOrPath, done)
+	}
+	return nil
+}
+
+// recordPackages adds installed packages to a store image's manifest.
+func recordPackages(nameOrPath string, done []*image.Package) {
+	s := store.DefaultStore()
+	m, err := s.Get(nameOrPath)
+	if err != nil {
+		return
+	}
+	for _, p := range done {
+		m.Packages = append(m.Packages, p.Name)
+	}
+	if st, err := os.Stat(m.Path); err == nil {
+		m.Size = st.Size()
+	}
+	s.SaveManifest(m)
+}
+
+func imagePackages(stdio IO, nameOrPath string, asJSON bool) error {
+	img, err := store.Resolve(nameOrPath)
+	if err != nil {
+		return err
+	}
+	list, err := image.ListPackages(img)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		if list == nil {
+			list = []image.Installed{}
+		}
+		return writeJSON(stdio, list)
+	}
+	w := tabwriter.NewWriter(stdio.Out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "KIND\tNAME\tVERSION\tSUMMARY")
+	for _, p := range list {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", p.Kind, p.Name, p.Version, p.Summary)
+	}
+	return w.Flush()
+}
+
+func imageRemove(ctx context.Context, stdio IO, nameOrPath, pkg, exe string) error {
+	img, err := writableImage(nameOrPath, "removing")
+	if err != nil {
+		return err
+	}
+	rec, err := image.Remove(ctx, pkg, image.InstallOptions{Image: img, Umlkit: exe, Progress: progressTo(stdio.Err)})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdio.Out, "removed %s from %s\n", rec.Name, nameOrPath)
 	return nil
 }

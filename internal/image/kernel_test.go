@@ -23,7 +23,8 @@ var (
 	debErr  error
 )
 
-// debianImage builds one Debian image (minbase + hello) per package run.
+// debianImage builds one Debian image (minbase + iputils-ping) per
+// package run.
 // It needs network access to the host's Debian mirror.
 func debianImage(t *testing.T) string {
 	t.Helper()
@@ -34,7 +35,7 @@ func debianImage(t *testing.T) string {
 		// directory when the package's tests end.
 		debPath = filepath.Join(filepath.Dir(bin), "debian.img")
 		var log bytes.Buffer
-		_, debErr = image.BuildDebian(context.Background(), debPath, image.DebianOptions{Packages: []string{"hello"}, Umlkit: bin, Progress: &log})
+		_, debErr = image.BuildDebian(context.Background(), debPath, image.DebianOptions{Packages: []string{"iputils-ping"}, Umlkit: bin, Progress: &log})
 		if debErr != nil {
 			debErr = fmt.Errorf("%w\n%s", debErr, lastLines(log.String(), 20))
 		}
@@ -86,13 +87,13 @@ func TestDebianImage(t *testing.T) {
 		t.Errorf("build left temporary files: %v", entries)
 	}
 	c := boot(t, img)
-	out, errOut, code := agentRun(t, c, "hello")
-	if code != 0 || out != "Hello, world!\n" {
-		t.Errorf("hello in the guest = %q, %q, %d; want Hello, world!", out, errOut, code)
+	out, errOut, code := agentRun(t, c, "ping", "-c", "1", "127.0.0.1")
+	if code != 0 || !strings.Contains(out, "1 received") {
+		t.Errorf("ping -c 1 127.0.0.1 in the guest = %q, %q, %d; want one reply", out, errOut, code)
 	}
-	out, _, code = agentRun(t, c, "dpkg-query", "-W", "-f", "${Status}", "hello")
+	out, _, code = agentRun(t, c, "dpkg-query", "-W", "-f", "${Status}", "iputils-ping")
 	if code != 0 || out != "install ok installed" {
-		t.Errorf("dpkg-query hello = %q, %d; want it installed", out, code)
+		t.Errorf("dpkg-query iputils-ping = %q, %d; want it installed", out, code)
 	}
 	out, _, _ = agentRun(t, c, "readlink", "/sbin/init")
 	if strings.TrimSpace(out) != "umlkit" {
