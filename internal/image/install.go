@@ -83,6 +83,15 @@ func Install(ctx context.Context, pkgs []string, opts InstallOptions) ([]*Packag
 			status = ParseDpkgStatus(string(b))
 		}
 	}
+	if opts.COW == "" {
+		var need int64
+		for _, p := range list {
+			need += p.UncompressedSize
+		}
+		if err := s.grow(ctx, need); err != nil {
+			return nil, fmt.Errorf("install into %s: %w", target, err)
+		}
+	}
 	if err := s.boot(ctx); err != nil {
 		return nil, fmt.Errorf("install into %s: %w", target, err)
 	}
@@ -595,4 +604,48 @@ func sparseCopy(src, dst string) error {
 		return err
 	}
 	return out.Close()
+}
+
+// grow makes room in the copy for need more bytes of files (with a
+// quarter more and 16 MiB to spare) when its filesystem lacks it: the
+// file gets longer (sparse) and resize2fs grows the filesystem.
+func (s *session) grow(ctx context.Context, need int64) error {
+	out, err := exec.CommandContext(ctx, "dumpe2fs", "-h", s.copy).Output()
+	if err != nil {
+		return fmt.Errorf("dumpe2fs -h %s: %w (is it an ext2/3/4 image?)", s.opts.Image, err)
+	}
+	var free, bsize int64
+	for _, l := range strings.Split(string(out), "\n") {
+		k, v, _ := strings.Cut(l, ":")
+		switch strings.TrimSpace(k) {
+		case "Free blocks":
+			fmt.Sscan(strings.TrimSpace(v), &free)
+		case "Block size":
+			fmt.Sscan(strings.TrimSpace(v), &bsize)
+		}
+	}
+	want := need + need/4 + 16<<20
+	if bsize == 0 || free*bsize >= want {
+		return nil
+	}
+	st, err := os.Stat(s.copy)
+	if err != nil {
+		return err
+	}
+	size := (st.Size() + want - free*bsize + 1<<20 - 1) &^ (1<<20 - 1)
+	s.progressf("growing %s to %d MiB", s.target, size>>20)
+	if err := os.Truncate(s.copy, size); err != nil {
+		return err
+	}
+	fsck := exec.CommandContext(ctx, "e2fsck", "-f", "-y", s.copy)
+	if b, err := fsck.CombinedOutput(); err != nil {
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() > 1 {
+			return fmt.Errorf("e2fsck before growing: %w: %s", err, strings.TrimSpace(string(b)))
+		}
+	}
+	if b, err := exec.CommandContext(ctx, "resize2fs", s.copy).CombinedOutput(); err != nil {
+		return fmt.Errorf("resize2fs: %w: %s", err, strings.TrimSpace(string(b)))
+	}
+	return nil
 }

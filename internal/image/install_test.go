@@ -260,3 +260,44 @@ func TestInstallDebianDpkg(t *testing.T) {
 		t.Errorf("hello after dpkg -i = %q, %d", out, code)
 	}
 }
+
+// An image whose init is not umlkit (the shell-init minimal image) gets
+// umlkit as init for the install only; a package bigger than the free
+// room grows the image.
+func TestInstallForeignImageGrows(t *testing.T) {
+	img := filepath.Join(t.TempDir(), "root_fs")
+	if err := image.BuildMinimal(context.Background(), img, image.MinimalOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	src := t.TempDir()
+	os.MkdirAll(filepath.Join(src, "usr/share/big"), 0o755)
+	if err := os.WriteFile(filepath.Join(src, "usr/share/big/blob"), make([]byte, 80<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pkg := filepath.Join(t.TempDir(), "big-1-noarch-1.tgz")
+	if out, err := exec.Command("tar", "--owner=0", "--group=0", "-czf", pkg, "-C", src, ".").CombinedOutput(); err != nil {
+		t.Fatalf("tar: %v %s", err, out)
+	}
+	if _, err := image.Install(context.Background(), []string{pkg}, image.InstallOptions{Image: img, Umlkit: umltest.Umlkit(t)}); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(img); st.Size() <= image.DefaultMinimalSize {
+		t.Errorf("image size %d after installing 80 MiB into a 64 MiB image; want it grown", st.Size())
+	}
+	out, err := exec.Command("debugfs", "-R", "stat /usr/share/big/blob", img).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "Size: 83886080") {
+		t.Errorf("the blob in the image: %v\n%s", err, out)
+	}
+	out, _ = exec.Command("debugfs", "-R", "ls /", img).CombinedOutput()
+	if strings.Contains(string(out), ".umlkit-install") {
+		t.Errorf("the install's init is left in the image:\n%s", out)
+	}
+	out, _ = exec.Command("debugfs", "-R", "cat /sbin/init", img).CombinedOutput()
+	if !strings.Contains(string(out), "umlkit-ready") {
+		t.Errorf("the image's own init script changed:\n%s", out)
+	}
+	vm := umltest.Boot(t, umltest.Options{Image: img})
+	if out, status := vm.Run("ls -l /usr/share/big/blob && head -1 /var/log/packages/big-1-noarch-1"); status != 0 || !strings.Contains(out, "83886080") || !strings.Contains(out, "PACKAGE NAME:     big-1-noarch-1") {
+		t.Errorf("in the booted image: %q, %d", out, status)
+	}
+}
