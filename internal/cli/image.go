@@ -227,7 +227,7 @@ func newImageBuildDebianCmd(stdio IO) *cobra.Command {
 The mirror is --mirror, else the host's apt sources, else debootstrap's
 default. Needs root and network access to the mirror; takes a minute or more.
 
-Presets: ` + presetHelp(),
+Presets:` + presetHelp(),
 		Example: "  umlkit image build debian --preset router --name router\n  umlkit image build debian --suite bookworm --packages tcpdump,curl",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -240,7 +240,7 @@ Presets: ` + presetHelp(),
 				if !ok {
 					return fmt.Errorf("--preset %q: no such preset; there are: %s", preset, strings.Join(image.PresetNames(), ", "))
 				}
-				opts.Packages = append(p, opts.Packages...)
+				opts.Packages = append(append([]string(nil), p...), opts.Packages...)
 			}
 			opts.Umlkit = exe
 			return imageBuildDebian(cmd.Context(), stdio, f, opts)

@@ -56,7 +56,16 @@ type DebianOptions struct {
 	// Work is a directory for the root tree (large); empty means next
 	// to out.
 	Work string
+	// Modules is the host's directory of UML kernel modules (one
+	// subdirectory per kernel release), copied to /lib/modules with kmod
+	// to load them (netfilter, for one, is modular in Debian's kernel);
+	// empty means UMLModules, "-" means none.
+	Modules string
 }
+
+// UMLModules is where Debian's user-mode-linux package puts the kernel's
+// modules.
+const UMLModules = "/usr/lib/uml/modules"
 
 // BuildDebian builds a Debian root filesystem with debootstrap
 // (--variant=minbase, plus opts.Packages), adds umlkit as its init, and
@@ -105,9 +114,18 @@ func BuildDebian(ctx context.Context, out string, opts DebianOptions) (string, e
 		return fail(err)
 	}
 	defer removeTree(stage)
+	modules := opts.Modules
+	if modules == "" {
+		modules = UMLModules
+	}
+	releases, _ := filepath.Glob(filepath.Join(modules, "*", "modules.dep"))
+	pkgs := opts.Packages
+	if modules != "-" && len(releases) > 0 {
+		pkgs = append(append([]string(nil), pkgs...), "kmod")
+	}
 	args := []string{"--variant=minbase"}
-	if len(opts.Packages) > 0 {
-		args = append(args, "--include="+strings.Join(opts.Packages, ","))
+	if len(pkgs) > 0 {
+		args = append(args, "--include="+strings.Join(pkgs, ","))
 	}
 	args = append(args, suite, stage)
 	if mirror != "" {
@@ -120,6 +138,19 @@ func BuildDebian(ctx context.Context, out string, opts DebianOptions) (string, e
 	fmt.Fprintf(progress, "debootstrap %s (minbase%s) from %s\n", suite, plusPackages(opts.Packages), src)
 	if err := runProgress(ctx, progress, "debootstrap", args...); err != nil {
 		return fail(fmt.Errorf("debootstrap %s: %w", strings.Join(args, " "), err))
+	}
+	if modules != "-" {
+		for _, dep := range releases {
+			rel := filepath.Dir(dep)
+			fmt.Fprintf(progress, "adding the kernel's modules (%s)\n", filepath.Base(rel))
+			dst := inRoot(stage, "/lib/modules")
+			if err := os.MkdirAll(dst, 0o755); err != nil {
+				return fail(err)
+			}
+			if b, err := exec.CommandContext(ctx, "cp", "-a", rel, dst).CombinedOutput(); err != nil {
+				return fail(fmt.Errorf("copy modules %s: %w: %s", rel, err, strings.TrimSpace(string(b))))
+			}
+		}
 	}
 	fmt.Fprintln(progress, "adding umlkit as init")
 	if err := finishDebian(stage, opts.Umlkit); err != nil {

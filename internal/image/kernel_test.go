@@ -95,6 +95,11 @@ func TestDebianImage(t *testing.T) {
 	if code != 0 || out != "install ok installed" {
 		t.Errorf("dpkg-query iputils-ping = %q, %d; want it installed", out, code)
 	}
+	// The kernel's modules are there and load (netfilter is modular).
+	out, errOut, code = agentRun(t, c, "sh", "-c", "modprobe nf_tables && grep -c '^nf_tables ' /proc/modules")
+	if code != 0 || out != "1\n" {
+		t.Errorf("modprobe nf_tables in the guest = %q, %q, %d; want it loaded", out, errOut, code)
+	}
 	out, _, _ = agentRun(t, c, "readlink", "/sbin/init")
 	if strings.TrimSpace(out) != "umlkit" {
 		t.Errorf("/sbin/init -> %q, want umlkit", out)
