@@ -278,6 +278,17 @@ func finishDebian(root, umlkit string) error {
 		}
 	}
 	os.WriteFile(inRoot(root, "/etc/hostname"), []byte("uml\n"), 0o644)
+	// iptables-nft fails in the guest until nf_tables is loaded by hand
+	// (TABLE_ADD: Operation not supported), while the legacy tools load
+	// their modules on demand: labs expect iptables to just work.
+	for _, t := range []string{"iptables", "ip6tables"} {
+		legacy := "/usr/sbin/" + t + "-legacy"
+		if _, err := os.Stat(inRoot(root, legacy)); err == nil {
+			if b, err := exec.Command("chroot", root, "update-alternatives", "--set", t, legacy).CombinedOutput(); err != nil {
+				return fmt.Errorf("update-alternatives --set %s: %w: %s", t, err, strings.TrimSpace(string(b)))
+			}
+		}
+	}
 	debs, _ := filepath.Glob(filepath.Join(inRoot(root, "/var/cache/apt/archives"), "*.deb"))
 	for _, d := range debs {
 		os.Remove(d)

@@ -23,8 +23,8 @@ var (
 	debErr  error
 )
 
-// debianImage builds one Debian image (minbase + iputils-ping) per
-// package run.
+// debianImage builds one Debian image (minbase + iputils-ping and
+// iptables) per package run.
 // It needs network access to the host's Debian mirror.
 func debianImage(t *testing.T) string {
 	t.Helper()
@@ -35,7 +35,7 @@ func debianImage(t *testing.T) string {
 		// directory when the package's tests end.
 		debPath = filepath.Join(filepath.Dir(bin), "debian.img")
 		var log bytes.Buffer
-		_, debErr = image.BuildDebian(context.Background(), debPath, image.DebianOptions{Packages: []string{"iputils-ping"}, Umlkit: bin, Progress: &log})
+		_, debErr = image.BuildDebian(context.Background(), debPath, image.DebianOptions{Packages: []string{"iputils-ping", "iptables"}, Umlkit: bin, Progress: &log})
 		if debErr != nil {
 			debErr = fmt.Errorf("%w\n%s", debErr, lastLines(log.String(), 20))
 		}
@@ -99,6 +99,10 @@ func TestDebianImage(t *testing.T) {
 	out, errOut, code = agentRun(t, c, "sh", "-c", "modprobe nf_tables && grep -c '^nf_tables ' /proc/modules")
 	if code != 0 || out != "1\n" {
 		t.Errorf("modprobe nf_tables in the guest = %q, %q, %d; want it loaded", out, errOut, code)
+	}
+	out, errOut, code = agentRun(t, c, "sh", "-c", "iptables -t nat -A POSTROUTING -o lo -j MASQUERADE && iptables -t nat -S POSTROUTING")
+	if code != 0 || !strings.Contains(out, "-A POSTROUTING -o lo -j MASQUERADE") {
+		t.Errorf("iptables NAT rule in the guest = %q, %q, %d", out, errOut, code)
 	}
 	out, _, _ = agentRun(t, c, "readlink", "/sbin/init")
 	if strings.TrimSpace(out) != "umlkit" {
