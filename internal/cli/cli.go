@@ -126,6 +126,7 @@ network lab: copy-on-write disks, a switch, images, and Netkit/Kathara labs.`,
 		newCowCmd(stdio),
 		newSwitchCmd(stdio),
 		newLabCmd(stdio),
+		newImageCmd(stdio),
 	)
 	addGroups(root)
 	return root

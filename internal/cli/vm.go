@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -17,6 +16,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/umlkit/umlkit/internal/agent"
+	"github.com/umlkit/umlkit/internal/image/store"
 	"github.com/umlkit/umlkit/internal/kernel"
 	"github.com/umlkit/umlkit/internal/machine"
 	"github.com/umlkit/umlkit/internal/machine/cmdline"
@@ -101,7 +101,7 @@ func (f *vmFlags) kernelArgs(args []string) (string, []string, error) {
 		if cow == "" {
 			cow = name + ".cow"
 		}
-		img, err := filepath.Abs(f.image)
+		img, err := store.Resolve(f.image)
 		if err != nil {
 			return "", nil, err
 		}
