@@ -40,6 +40,15 @@ func TestResolveImage(t *testing.T) {
 			t.Errorf("ResolveImage(%q) = %q, %v, want %s", name, got, err, img)
 		}
 	}
+	t.Setenv(EnvImage, "")
+	t.Setenv("UMLKIT_DATA_DIR", t.TempDir())
+	if _, err := ResolveImage(context.Background(), "kathara/frr", ""); err == nil || !strings.Contains(err.Error(), "--preset router") {
+		t.Errorf("ResolveImage(kathara/frr) without a router image = %v, want the command that builds it", err)
+	}
+	t.Setenv(EnvImageMap, "kathara/frr=custom")
+	if got := ImageFor("kathara/frr"); got != "custom" {
+		t.Errorf("ImageFor(kathara/frr) with %s = %q, want custom", EnvImageMap, got)
+	}
 	t.Setenv(EnvImage, img+".missing")
 	if _, err := ResolveImage(context.Background(), "kathara/base", ""); err == nil || !strings.Contains(err.Error(), EnvImage) {
 		t.Errorf("ResolveImage with a missing %s = %v, want an error naming it", EnvImage, err)
