@@ -3,10 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
-	"os"
 	"runtime"
-	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,22 +11,6 @@ import (
 	"github.com/umlkit/umlkit/internal/machine"
 	"github.com/umlkit/umlkit/internal/umltest"
 )
-
-// cpuTime is the user+system CPU time the process pid and its reaped
-// children have used so far.
-func cpuTime(pid int) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-	var ticks int64
-	for _, i := range []int{11, 12, 13, 14} { // utime stime cutime cstime
-		v, _ := strconv.ParseInt(f[i], 10, 64)
-		ticks += v
-	}
-	return time.Duration(ticks) * time.Second / 100
-}
 
 func vmSetup(b *testing.B) machine.StartOptions {
 	b.Helper()
@@ -79,7 +60,7 @@ func BenchmarkTwentyAtOnce(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	one := cpuTime(in.State.PID)
+	one := umltest.CPUTime(in.State.PID)
 	machine.Kill(context.Background(), "solo")
 	limit := time.Duration(int64(one) * n / int64(runtime.NumCPU()))
 	var total time.Duration

@@ -4,36 +4,18 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"github.com/umlkit/umlkit/internal/syncio"
 	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/umlkit/umlkit/vswitch"
 )
-
-// syncBuffer is a bytes.Buffer safe to write from the switch's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func TestSwitchCommand(t *testing.T) {
 	dir, err := os.MkdirTemp("", "swc")
@@ -42,7 +24,7 @@ func TestSwitchCommand(t *testing.T) {
 	}
 	defer os.RemoveAll(dir)
 	ctx, cancel := context.WithCancel(context.Background())
-	var out, logs syncBuffer
+	var out, logs syncio.Buffer
 	done := make(chan int)
 	go func() {
 		done <- run(ctx, []string{"umlkit", "switch", "--dir", dir, "--no-keeper"}, IO{In: strings.NewReader(""), Out: &out, Err: &logs}, nil)
@@ -151,7 +133,7 @@ func TestUMLSwitchTool(t *testing.T) {
 	defer os.RemoveAll(dir)
 	ctl := filepath.Join(dir, "ctl")
 	ctx, cancel := context.WithCancel(context.Background())
-	var out, logs syncBuffer
+	var out, logs syncio.Buffer
 	done := make(chan int)
 	go func() {
 		done <- Main(ctx, []string{"/usr/local/bin/uml_switch", "-hub", "-unix", ctl}, IO{In: strings.NewReader(""), Out: &out, Err: &logs})
@@ -193,7 +175,7 @@ func TestSwitchCapture(t *testing.T) {
 	defer os.RemoveAll(dir)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var logs syncBuffer
+	var logs syncio.Buffer
 	done := make(chan int)
 	go func() {
 		done <- run(ctx, []string{"umlkit", "switch", "--dir", dir, "--no-keeper"}, IO{In: strings.NewReader(""), Out: io.Discard, Err: &logs}, nil)

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"github.com/umlkit/umlkit/internal/console"
 	"github.com/umlkit/umlkit/internal/image"
 	"github.com/umlkit/umlkit/internal/kernel"
+	"github.com/umlkit/umlkit/internal/syncio"
 )
 
 // Options configures Run.
@@ -34,7 +34,7 @@ type Options struct {
 
 // Run performs the demo, reporting each step to out.
 func Run(ctx context.Context, opts Options, out io.Writer) error {
-	out = &syncWriter{w: out} // instances report concurrently
+	out = syncio.NewWriter(out) // instances report concurrently
 	n := opts.Instances
 	if n == 0 {
 		n = 2
@@ -123,17 +123,6 @@ func describeFile(p string) (string, error) {
 		used = sys.Blocks * 512
 	}
 	return fmt.Sprintf("%-14s size %5d KiB, on disk %5d KiB", filepath.Base(p), st.Size()>>10, used>>10), nil
-}
-
-type syncWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (s *syncWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(p)
 }
 
 type vm struct {

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -14,22 +13,6 @@ import (
 	"github.com/umlkit/umlkit/internal/machine"
 	"github.com/umlkit/umlkit/internal/umltest"
 )
-
-// cpuTime is the user+system CPU time the process pid and its reaped
-// children have used so far.
-func cpuTime(pid int) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-	var ticks int64
-	for _, i := range []int{11, 12, 13, 14} { // utime stime cutime cstime
-		v, _ := strconv.ParseInt(f[i], 10, 64)
-		ticks += v
-	}
-	return time.Duration(ticks) * time.Second / 100
-}
 
 // genLab writes a lab of n nodes on d domains (node i on domain i mod d),
 // each with a startup script that sets its address.
@@ -69,7 +52,7 @@ func BenchmarkLabUp20(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	one := cpuTime(in.State.PID)
+	one := umltest.CPUTime(in.State.PID)
 	Crash(ctx, solo, nil, true, o)
 	limit := time.Duration(int64(one) * 20 / int64(runtime.NumCPU()))
 	var up, down time.Duration

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/umlkit/umlkit/internal/syncio"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -55,7 +56,7 @@ func upLab(t *testing.T, name string) (*Lab, Options) {
 	if err != nil {
 		t.Fatalf("Load(%s): %v", name, err)
 	}
-	var progress syncBuffer
+	var progress syncio.Buffer
 	o := Options{Exe: umltest.Umlkit(t), Image: func(context.Context, string) (string, error) { return img, nil }, Progress: &progress}
 	t.Cleanup(func() {
 		Crash(context.Background(), l, nil, false, Options{})
@@ -85,19 +86,6 @@ func derefInt(p *int) any {
 	}
 	return *p
 }
-
-type syncBuffer struct {
-	lockedWriter
-	b bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 func mustExec(t *testing.T, l *Lab, node, cmd string) string {
 	t.Helper()
@@ -270,7 +258,7 @@ func TestKernelHubFilesDeps(t *testing.T) {
 	}
 
 	// A capture of the hub domain sees the traffic.
-	var pcap syncBuffer
+	var pcap syncio.Buffer
 	stop := make(chan struct{})
 	capDone := make(chan error, 1)
 	go func() { capDone <- Capture(l, "H", &pcap, stop) }()

@@ -1,13 +1,13 @@
 package lab
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/umlkit/umlkit/internal/syncio"
 	"io"
 	"log/slog"
 	"os"
@@ -406,9 +406,8 @@ func (l *Lab) guestRun(ctx context.Context, node, script string, env []string, t
 		return guestResult{}, err
 	}
 	defer c.Close()
-	var out bytes.Buffer
-	w := &lockedWriter{w: &out}
-	cmd := agent.Cmd{Argv: []string{"/bin/sh", "-c", script}, Stdout: w, Stderr: w}
+	var out syncio.Buffer // stdout and stderr, as the agent delivers them
+	cmd := agent.Cmd{Argv: []string{"/bin/sh", "-c", script}, Stdout: &out, Stderr: &out}
 	if len(env) > 0 {
 		cmd.Env = append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"}, env...)
 	}
@@ -419,20 +418,7 @@ func (l *Lab) guestRun(ctx context.Context, node, script string, env []string, t
 	if st.Error != "" {
 		return guestResult{code: st.Code, out: st.Error}, nil
 	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
 	return guestResult{code: st.Code, out: out.String()}, nil
-}
-
-type lockedWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (w *lockedWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.w.Write(p)
 }
 
 // shq quotes s for the shell.

@@ -4,11 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/umlkit/umlkit/internal/syncio"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -44,24 +44,11 @@ func start(t *testing.T, opts StartOptions, name string, args ...string) *Instan
 	return in
 }
 
-// syncBuffer is a bytes.Buffer safe for a writer and a reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
 // consoleRun attaches to name's console, types line, and waits for want.
 func consoleRun(t *testing.T, name, line, want string) string {
 	t.Helper()
 	pr, pw := io.Pipe()
-	var out syncBuffer
+	var out syncio.Buffer
 	done := make(chan error, 1)
 	go func() { done <- Attach(context.Background(), name, pr, &out) }()
 	pw.Write([]byte(line + "\n"))

@@ -15,9 +15,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/umlkit/umlkit/internal/image"
 	"github.com/umlkit/umlkit/internal/kernel"
@@ -167,4 +169,24 @@ func AgentImage(t testing.TB) string {
 		t.Fatalf("umltest: %v", agentErr)
 	}
 	return agentImage
+}
+
+// CPUTime is the user and system CPU time process pid and its reaped
+// children have used so far (for benchmarks that compare with the CPU
+// limit); 0 when the process is gone.
+func CPUTime(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	if len(f) < 15 {
+		return 0
+	}
+	var ticks int64
+	for _, i := range []int{11, 12, 13, 14} { // utime stime cutime cstime
+		v, _ := strconv.ParseInt(f[i], 10, 64)
+		ticks += v
+	}
+	return time.Duration(ticks) * time.Second / 100
 }
