@@ -67,7 +67,11 @@ func Prepare(ctx context.Context, name string, args []string, dir string, superv
 	if err := os.MkdirAll(UMLDir(), 0o755); err != nil {
 		return nil, err
 	}
-	_, rep := preflight.CheckArgs(ctx, c.Strings(), preflight.Options{Dir: dir, UMLDirs: []string{UMLDir()}, Run: "umlkit vm start"})
+	run := "umlkit vm run"
+	if supervised {
+		run = "umlkit vm start"
+	}
+	_, rep := preflight.CheckArgs(ctx, c.Strings(), preflight.Options{Dir: dir, UMLDirs: []string{UMLDir()}, Run: run})
 	if err := rep.Err(); err != nil {
 		return nil, fmt.Errorf("instance %s would not boot:\n%w", name, err)
 	}
