@@ -198,10 +198,15 @@ func (l *Lab) sweepBridges(live func(string) bool) error {
 	return errors.Join(errs...)
 }
 
+// bridgeMetric is the metric of a bridged node's default route through
+// the host: high, so that a startup script's own `ip route add default`
+// (metric 0) neither fails as a duplicate nor loses to it.
+const bridgeMetric = 1000
+
 // bridgeScript configures the node's end of its link to the host, with a
-// default route through the host that the startup script may replace.
+// default route through the host that the startup script may override.
 func bridgeScript(dev string, bl bridgeLink) string {
 	ones, _ := bl.Net.Mask.Size()
-	return fmt.Sprintf("ip addr add %s/%d dev %s 2>/dev/null; ip link set %s up && ip addr show dev %s | grep -q ' %s/' || exit 104\nip route add default via %s 2>/dev/null\n",
-		bl.Guest, ones, dev, dev, dev, bl.Guest, bl.Host)
+	return fmt.Sprintf("ip addr add %s/%d dev %s 2>/dev/null; ip link set %s up && ip addr show dev %s | grep -q ' %s/' || exit 104\nip route add default via %s metric %d 2>/dev/null\n",
+		bl.Guest, ones, dev, dev, dev, bl.Guest, bl.Host, bridgeMetric)
 }

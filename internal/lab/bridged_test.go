@@ -55,7 +55,7 @@ func TestBridgeLink(t *testing.T) {
 		t.Errorf("linkOf(%s) = host %s, guest %s; want 100.64.3.9, 100.64.3.10", n, bl.Host, bl.Guest)
 	}
 	s := bridgeScript("eth2", bl)
-	for _, want := range []string{"ip addr add 100.64.3.10/30 dev eth2", "ip link set eth2 up", "ip route add default via 100.64.3.9", "exit 104"} {
+	for _, want := range []string{"ip addr add 100.64.3.10/30 dev eth2", "ip link set eth2 up", "ip route add default via 100.64.3.9 metric 1000", "exit 104"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("bridgeScript lacks %q:\n%s", want, s)
 		}
@@ -203,6 +203,10 @@ func TestKernelBridged(t *testing.T) {
 		if out, code := run("lab", "exec", dir, "pc1", "--", "ping", "-c", "2", "-W", "3", dst); code != 0 {
 			t.Errorf("pc1: ping %s = %d:\n%s", dst, code, out)
 		}
+	}
+	// A startup script may still add a default route of its own, which wins.
+	if out, code := run("lab", "exec", dir, "pc1", "--", "sh", "-c", "ip route add default via 10.0.0.2 && ip route get 10.99.0.2"); code != 0 || !strings.Contains(out, "via 10.0.0.2") {
+		t.Errorf("pc1: own default route = %d, want it added and used:\n%s", code, out)
 	}
 	if out, code := run("lab", "down", dir); code != 0 {
 		t.Errorf("lab down = %d:\n%s", code, out)
