@@ -35,6 +35,20 @@ func Dot(l *Lab, addrs map[string]map[string]string) string {
 			fmt.Fprintf(&b, "  %q -- %q [label=\"%s\"];\n", "node:"+e.Node, "domain:"+d.Name, strings.ReplaceAll(label, `"`, `\"`))
 		}
 	}
+	// Bridged nodes link to the host (a node that is not a domain).
+	for i, n := range l.Nodes {
+		if !n.Bridged {
+			continue
+		}
+		if i == bridgedFirst(l) {
+			b.WriteString("  \"host\" [shape=box3d, label=\"host (NAT)\"];\n")
+		}
+		label := fmt.Sprintf("eth%d", len(n.Interfaces))
+		if a := addrs[n.Name][label]; a != "" {
+			label += "\\n" + a
+		}
+		fmt.Fprintf(&b, "  %q -- \"host\" [label=\"%s\", style=bold];\n", "node:"+n.Name, label)
+	}
 	b.WriteString("}\n")
 	return b.String()
 }
@@ -71,7 +85,21 @@ func HTML(l *Lab, addrs map[string]map[string]string) string {
 			dev := fmt.Sprintf("eth%d", i)
 			fmt.Fprintf(&b, "<tr><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>\n", e(n.Name), dev, e(ifc.Domain), e(addrs[n.Name][dev]))
 		}
+		if n.Bridged {
+			dev := fmt.Sprintf("eth%d", len(n.Interfaces))
+			fmt.Fprintf(&b, "<tr><td>%s</td><td>%s</td><td>host (bridged, NAT)</td><td>%s</td></tr>\n", e(n.Name), dev, e(addrs[n.Name][dev]))
+		}
 	}
 	b.WriteString("</table>\n</body></html>\n")
 	return b.String()
+}
+
+// bridgedFirst is the index of the lab's first bridged node, or -1.
+func bridgedFirst(l *Lab) int {
+	for i, n := range l.Nodes {
+		if n.Bridged {
+			return i
+		}
+	}
+	return -1
 }

@@ -54,3 +54,23 @@ func TestResolveImage(t *testing.T) {
 		t.Errorf("ResolveImage with a missing %s = %v, want an error naming it", EnvImage, err)
 	}
 }
+
+func TestDotBridged(t *testing.T) {
+	l, err := Load(filepath.Join("testdata", "bridged"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs := map[string]map[string]string{"pc1": {"eth1": "100.64.1.2/30"}}
+	dot := Dot(l, addrs)
+	for _, want := range []string{`"host" [shape=box3d`, `"node:pc1" -- "host" [label="eth1\n100.64.1.2/30", style=bold];`} {
+		if !strings.Contains(dot, want) {
+			t.Errorf("Dot lacks %q:\n%s", want, dot)
+		}
+	}
+	if strings.Contains(dot, `"node:pc2" -- "host"`) {
+		t.Errorf("Dot links pc2, which is not bridged, to the host:\n%s", dot)
+	}
+	if page := HTML(l, addrs); !strings.Contains(page, "<td>pc1</td><td>eth1</td><td>host (bridged, NAT)</td><td>100.64.1.2/30</td>") {
+		t.Errorf("HTML lacks pc1's link to the host:\n%s", page)
+	}
+}

@@ -199,10 +199,8 @@ func Up(ctx context.Context, l *Lab, names []string, o Options) ([]UpResult, err
 	if err != nil {
 		return nil, err
 	}
-	for _, n := range l.Nodes {
-		if sel[n.Name] && n.Bridged {
-			return nil, fmt.Errorf("lab %s: device %s is bridged: umlkit labs do not connect devices to the host network yet; remove %s[bridged]", l.Dir, n.Name, n.Name)
-		}
+	if err := l.checkBridged(sel); err != nil {
+		return nil, err
 	}
 	if strings.ContainsAny(l.Dir, ", ") {
 		return nil, fmt.Errorf("lab %s: the kernel's hostfs= cannot take a path with a comma or a space: move or rename the lab directory", l.Dir)
@@ -306,6 +304,18 @@ func (l *Lab) upNode(ctx context.Context, n *Node, prepared bool, exe string, re
 	for i, ifc := range n.Interfaces {
 		args = append(args, fmt.Sprintf("vec%d:transport=bess,dst=%s,mac=%s", i, l.bessPath(ifc.Domain), l.MAC(n.Name, i)))
 	}
+	if n.Bridged {
+		// After the lab.conf NICs, so that eth0.. stay as the lab says.
+		bl, err := l.setupBridge(n.Name)
+		if err != nil {
+			r.Err = fmt.Errorf("device %s: connect it to the host: %w", n.Name, err)
+			o.progress("%s: failed: %v", n.Name, r.Err)
+			return r
+		}
+		k := len(n.Interfaces)
+		args = append(args, fmt.Sprintf("eth%d=tuntap,%s,%s", k, bl.Tap, l.MAC(n.Name, k)))
+		o.progress("%s: eth%d bridged to the host through %s (host %s, node %s)", n.Name, k, bl.Tap, bl.Host, bl.Guest)
+	}
 	timeout := o.Timeout
 	if timeout == 0 {
 		timeout = 120 * time.Second
@@ -314,6 +324,11 @@ func (l *Lab) upNode(ctx context.Context, n *Node, prepared bool, exe string, re
 	t0 := time.Now()
 	if _, err := machine.Start(ctx, machine.StartOptions{Name: inst, Args: args, Dir: l.StateDir(), Exe: exe, Timeout: timeout}); err != nil {
 		r.Err = fmt.Errorf("device %s: %w", n.Name, err)
+		if n.Bridged {
+			if in, gerr := machine.Get(inst); gerr != nil || !in.State.Live() {
+				teardownBridge(l.TapName(n.Name))
+			}
+		}
 		o.progress("%s: failed: %v", n.Name, err)
 		return r
 	}
@@ -371,12 +386,20 @@ func (l *Lab) prepareNode(ctx context.Context, n *Node) (int, string, error) {
 	for _, s := range n.Sysctls {
 		fmt.Fprintf(&sh, "sysctl -w %s >/dev/null || exit 103\n", shq(s))
 	}
+	dev := fmt.Sprintf("eth%d", len(n.Interfaces))
+	if n.Bridged {
+		bl, err := l.bridgeOf(n.Name)
+		if err != nil {
+			return 0, "", err
+		}
+		sh.WriteString(bridgeScript(dev, bl))
+	}
 	setup, err := l.guestRun(ctx, n.Name, sh.String(), nil, 60*time.Second)
 	if err != nil {
 		return 0, "", err
 	}
 	if setup.code != 0 {
-		what := map[int]string{100: "mounting the lab directory through hostfs", 101: "copying " + n.Tree + "/ over /", 102: "mounting shared/", 103: "setting its sysctls"}[setup.code]
+		what := map[int]string{100: "mounting the lab directory through hostfs", 101: "copying " + n.Tree + "/ over /", 102: "mounting shared/", 103: "setting its sysctls", 104: "configuring " + dev + ", its link to the host"}[setup.code]
 		if what == "" {
 			what = "preparing it"
 		}
@@ -530,6 +553,14 @@ func (l *Lab) stop(ctx context.Context, names []string, wipe, crash bool, o Opti
 		}
 	}
 	l.writeState(state)
+	// A bridged node's TAP and NAT rule go with it, after a crash too.
+	for name := range sel {
+		if l.Node(name).Bridged && !live(name) {
+			if err := teardownBridge(l.TapName(name)); err != nil {
+				errs = append(errs, fmt.Errorf("device %s: %w", name, err))
+			}
+		}
+	}
 	anyLive := false
 	for _, n := range l.Nodes {
 		if in, err := machine.Get(l.Instance(n.Name)); err == nil && in.State.Live() {
@@ -551,6 +582,9 @@ func (l *Lab) stop(ctx context.Context, names []string, wipe, crash bool, o Opti
 		}
 		wg.Wait()
 		os.RemoveAll(l.RunDir())
+		if err := l.sweepBridges(live); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if wipe {
 		for name := range sel {
@@ -597,8 +631,9 @@ func Clean(ctx context.Context, l *Lab) error {
 	}
 	os.RemoveAll(l.RunDir())
 	os.RemoveAll(filepath.Join(l.Dir, "_test", "results"))
+	bridgeErr := l.sweepBridges(func(string) bool { return false })
 	unlock()
-	return os.RemoveAll(l.StateDir())
+	return errors.Join(bridgeErr, os.RemoveAll(l.StateDir()))
 }
 
 // NodeStatus is a node as Status reports it.
@@ -607,7 +642,8 @@ type NodeStatus struct {
 	Instance   string            `json:"instance"`
 	State      string            `json:"state"` // machine status, or "stopped"
 	PID        int               `json:"pid,omitempty"`
-	Domains    []string          `json:"domains"` // eth<i> on Domains[i]
+	Domains    []string          `json:"domains"`           // eth<i> on Domains[i]
+	Bridged    string            `json:"bridged,omitempty"` // host TAP of eth<len(Domains)>
 	Addresses  map[string]string `json:"addresses,omitempty"`
 	Startup    string            `json:"startup,omitempty"` // "ok", "exit N", "" when none ran
 	Panic      string            `json:"panic,omitempty"`
@@ -628,6 +664,9 @@ func Status(ctx context.Context, l *Lab, addresses bool) []NodeStatus {
 			s := NodeStatus{Node: n.Name, Instance: l.Instance(n.Name), State: "stopped", Domains: []string{}}
 			for _, ifc := range n.Interfaces {
 				s.Domains = append(s.Domains, ifc.Domain)
+			}
+			if n.Bridged {
+				s.Bridged = l.TapName(n.Name)
 			}
 			if in, err := machine.Get(s.Instance); err == nil {
 				s.State, s.PID, s.Panic, s.Error = string(in.State.Status), in.State.PID, in.State.Panic, in.State.Error
@@ -679,6 +718,9 @@ func FormatStatus(w io.Writer, sts []NodeStatus) {
 		var doms []string
 		for i, d := range s.Domains {
 			doms = append(doms, fmt.Sprintf("eth%d:%s", i, d))
+		}
+		if s.Bridged != "" {
+			doms = append(doms, fmt.Sprintf("eth%d:host(%s)", len(s.Domains), s.Bridged))
 		}
 		var addrs []string
 		for _, k := range sortedKeys(s.Addresses) {
