@@ -396,14 +396,16 @@ func newLabGraphCmd(stdio IO, f *labFlags) *cobra.Command {
 				_, err = io.WriteString(stdio.Out, lab.Dot(l, addrs))
 			case "html":
 				_, err = io.WriteString(stdio.Out, lab.HTML(l, addrs))
+			case "svg":
+				_, err = io.WriteString(stdio.Out, lab.SVG(l, addrs))
 			case "json":
 				err = json.NewEncoder(stdio.Out).Encode(l)
 			default:
-				return fmt.Errorf("--format %s: use dot, html or json", format)
+				return fmt.Errorf("--format %s: use dot, svg, html or json", format)
 			}
 			return err
 		},
 	}
-	cmd.Flags().StringVar(&format, "format", "dot", "`FORMAT`: dot, html or json")
+	cmd.Flags().StringVar(&format, "format", "dot", "`FORMAT`: dot (Graphviz), svg (a picture, no Graphviz needed), html (the picture and tables) or json")
 	return cmd
 }

@@ -53,8 +53,8 @@ func Dot(l *Lab, addrs map[string]map[string]string) string {
 	return b.String()
 }
 
-// HTML is a self-contained page with the lab's nodes, domains and links
-// as tables (no scripts, no network).
+// HTML is a self-contained page with the lab's picture (SVG) and its
+// nodes, domains and links as tables (no scripts, no network).
 func HTML(l *Lab, addrs map[string]map[string]string) string {
 	var b strings.Builder
 	e := html.EscapeString
@@ -64,6 +64,7 @@ func HTML(l *Lab, addrs map[string]map[string]string) string {
 	if d := l.Meta["LAB_DESCRIPTION"]; d != "" {
 		fmt.Fprintf(&b, "<p>%s</p>\n", e(d))
 	}
+	b.WriteString(SVG(l, addrs))
 	b.WriteString("<h2>Collision domains</h2>\n<table><tr><th>domain</th><th>kind</th><th>nodes</th></tr>\n")
 	for _, d := range l.Domains {
 		kind := "switch"

@@ -2,6 +2,8 @@ package lab
 
 import (
 	"context"
+	"encoding/xml"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -72,5 +74,58 @@ func TestDotBridged(t *testing.T) {
 	}
 	if page := HTML(l, addrs); !strings.Contains(page, "<td>pc1</td><td>eth1</td><td>host (bridged, NAT)</td><td>100.64.1.2/30</td>") {
 		t.Errorf("HTML lacks pc1's link to the host:\n%s", page)
+	}
+}
+
+// The SVG picture is well-formed XML with every node, domain and address,
+// hubs dashed, and names escaped.
+func TestSVG(t *testing.T) {
+	l, err := Load(filepath.Join("testdata", "hubfiles"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Meta = map[string]string{"LAB_DESCRIPTION": "a <lab> & more"}
+	pic := SVG(l, map[string]map[string]string{"pc1": {"eth0": "10.0.9.1/24"}})
+	dec := xml.NewDecoder(strings.NewReader(pic))
+	var texts []string
+	ellipses, dashed := 0, 0
+	for {
+		tok, err := dec.Token()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("SVG is not well-formed XML: %v\n%s", err, pic)
+		}
+		switch tk := tok.(type) {
+		case xml.CharData:
+			texts = append(texts, string(tk))
+		case xml.StartElement:
+			if tk.Name.Local == "ellipse" {
+				ellipses++
+				for _, a := range tk.Attr {
+					if a.Name.Local == "stroke-dasharray" {
+						dashed++
+					}
+				}
+			}
+		}
+	}
+	all := strings.Join(texts, "|")
+	for _, n := range l.Nodes {
+		if !strings.Contains(all, n.Name) {
+			t.Errorf("SVG lacks node %s", n.Name)
+		}
+	}
+	for _, want := range []string{"10.0.9.1/24", "a <lab> & more", "H"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("SVG text lacks %q: %q", want, all)
+		}
+	}
+	if ellipses != len(l.Domains) || dashed != 1 {
+		t.Errorf("SVG has %d domain ellipses (%d dashed), want %d with the hub dashed", ellipses, dashed, len(l.Domains))
+	}
+	if !strings.Contains(HTML(l, nil), "<svg ") {
+		t.Error("the HTML page does not include the picture")
 	}
 }
