@@ -172,3 +172,43 @@ func TestKernelOSPF(t *testing.T) {
 		t.Fatalf("Down: %v", err)
 	}
 }
+
+// Every shipped example loads without warnings, its checks parse and name
+// its nodes, and every node with an image names one that maps to a
+// umlkit image preset.
+func TestExamplesLoad(t *testing.T) {
+	dirs, err := filepath.Glob(filepath.Join("..", "..", "examples", "*", "lab.conf"))
+	if err != nil || len(dirs) == 0 {
+		t.Fatalf("no examples: %v", err)
+	}
+	for _, conf := range dirs {
+		dir := filepath.Dir(conf)
+		l, err := Load(dir)
+		if err != nil {
+			t.Errorf("Load(%s): %v", dir, err)
+			continue
+		}
+		if len(l.Warnings) != 0 {
+			t.Errorf("%s: warnings %v", dir, l.Warnings)
+		}
+		for _, n := range l.Nodes {
+			if want := ImageFor(n.Image); n.Image != "" && want != "minimal" && image.Presets[want] == nil {
+				t.Errorf("%s: %s[image]=%s maps to %s, which no preset builds", dir, n.Name, n.Image, want)
+			}
+		}
+		path := filepath.Join(dir, "_test", "checks")
+		b, err := os.ReadFile(path)
+		if err != nil {
+			continue
+		}
+		checks, err := ParseChecks(path, b)
+		if err != nil {
+			t.Errorf("%v", err)
+		}
+		for _, c := range checks {
+			if l.Node(c.Node) == nil {
+				t.Errorf("%s:%d: no node %s", path, c.Line, c.Node)
+			}
+		}
+	}
+}
