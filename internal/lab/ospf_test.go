@@ -158,12 +158,12 @@ func TestKernelOSPF(t *testing.T) {
 	}
 
 	// Without r3's FRR, r1 and r2 lose the subnet only r3 announces.
-	mustExec(t, l, "r3", "/usr/lib/frr/frrinit.sh stop >/dev/null 2>&1; ip route flush proto ospf")
+	mustExec(t, l, "r3", "/etc/init.d/frr stop >/dev/null 2>&1; ip route flush proto ospf")
 	lost := waitOSPF(t, l, map[string]string{"r1": "10.0.3.0/24", "r2": "10.0.1.0/24"}, 60*time.Second)
 	if code, out, _ := Exec(context.Background(), l, "pc1", "ping -c 1 -W 2 10.0.4.2", 30*time.Second); code == 0 {
 		t.Errorf("pc1 reaches pc2 with r3's FRR stopped: %q", out)
 	}
-	mustExec(t, l, "r3", "/usr/lib/frr/frrinit.sh start >/dev/null 2>&1")
+	mustExec(t, l, "r3", "/etc/init.d/frr start >/dev/null 2>&1")
 	back := waitOSPF(t, l, converged, 60*time.Second)
 	mustExec(t, l, "pc1", "ping -c 1 -W 2 10.0.4.2")
 	t.Logf("r3's FRR stopped: routes withdrawn in %.1fs; started again: back in %.1fs", lost.Seconds(), back.Seconds())
