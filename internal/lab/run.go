@@ -381,10 +381,13 @@ func (l *Lab) prepareNode(ctx context.Context, n *Node) (int, string, error) {
 		if *n.IPv6 {
 			v = "0"
 		}
-		fmt.Fprintf(&sh, "sysctl -w net.ipv6.conf.all.disable_ipv6=%s >/dev/null 2>&1\n", v)
+		fmt.Fprintf(&sh, "echo %s 2>/dev/null >/proc/sys/net/ipv6/conf/all/disable_ipv6\n", v)
 	}
+	// Written to /proc/sys rather than with sysctl(8): minimal Debian
+	// images have no procps.
 	for _, s := range n.Sysctls {
-		fmt.Fprintf(&sh, "sysctl -w %s >/dev/null || exit 103\n", shq(s))
+		k, v, _ := strings.Cut(s, "=")
+		fmt.Fprintf(&sh, "echo %s >%s || exit 103\n", shq(v), shq("/proc/sys/"+strings.ReplaceAll(k, ".", "/")))
 	}
 	dev := fmt.Sprintf("eth%d", len(n.Interfaces))
 	if n.Bridged {
