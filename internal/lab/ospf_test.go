@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/umlkit/umlkit/internal/syncio"
 	"os"
 	"path/filepath"
 	"strings"
@@ -113,7 +114,7 @@ func TestKernelOSPF(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var progress syncBuffer
+	var progress syncio.Buffer
 	// Image nil: lab image names resolve as for users (ResolveImage).
 	o := Options{Exe: bin, Progress: &progress}
 	t.Cleanup(func() {
