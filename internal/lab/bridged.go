@@ -64,7 +64,7 @@ func linkOf(tap string, network *net.IPNet) bridgeLink {
 func (l *Lab) pickSubnet(node string) (*net.IPNet, error) {
 	ones, bits := BridgePool.Mask.Size()
 	blocks := uint32(1) << (bits - ones - 2)
-	h := sha256.Sum256([]byte(l.ID() + "/" + node))
+	h := sha256.Sum256([]byte(l.Name() + "/" + node)) // by name: a copied lab gets the same addresses
 	start := binary.BigEndian.Uint32(h[:4]) % blocks
 	base := binary.BigEndian.Uint32(BridgePool.IP.To4())
 	for i := uint32(0); i < blocks; i++ {
