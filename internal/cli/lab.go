@@ -12,10 +12,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/term"
 
 	"github.com/umlkit/umlkit/internal/lab"
-	"github.com/umlkit/umlkit/internal/machine"
 )
 
 // labFlags are the flags every lab command shares.
@@ -242,13 +240,7 @@ func newLabConsoleCmd(stdio IO, f *labFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if fd, ok := stdio.In.(*os.File); ok && term.IsTerminal(int(fd.Fd())) {
-				if old, err := term.MakeRaw(int(fd.Fd())); err == nil {
-					defer term.Restore(int(fd.Fd()), old)
-				}
-				fmt.Fprintf(stdio.Err, "attached to %s; Ctrl-] detaches\r\n", inst)
-			}
-			return machine.Attach(cmd.Context(), inst, stdio.In, stdio.Out)
+			return attachConsole(cmd.Context(), stdio, inst)
 		},
 	}
 }

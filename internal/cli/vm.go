@@ -323,16 +323,21 @@ func newVMConsoleCmd(stdio IO) *cobra.Command {
 		Short: "Attach to an instance's console (Ctrl-] detaches)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if f, ok := stdio.In.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-				old, err := term.MakeRaw(int(f.Fd()))
-				if err == nil {
-					defer term.Restore(int(f.Fd()), old)
-				}
-				fmt.Fprintf(stdio.Err, "attached to %s; Ctrl-] detaches\r\n", args[0])
-			}
-			return machine.Attach(cmd.Context(), args[0], stdio.In, stdio.Out)
+			return attachConsole(cmd.Context(), stdio, args[0])
 		},
 	}
+}
+
+// attachConsole attaches this terminal (raw while attached) to the
+// console of the instance name.
+func attachConsole(ctx context.Context, stdio IO, name string) error {
+	if f, ok := stdio.In.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		if old, err := term.MakeRaw(int(f.Fd())); err == nil {
+			defer term.Restore(int(f.Fd()), old)
+		}
+		fmt.Fprintf(stdio.Err, "attached to %s; Ctrl-] detaches\r\n", name)
+	}
+	return machine.Attach(ctx, name, stdio.In, stdio.Out)
 }
 
 func newVMLogsCmd(stdio IO) *cobra.Command {
