@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"github.com/umlkit/umlkit/internal/agent"
@@ -716,7 +717,9 @@ func parseAddrs(text string) map[string]string {
 
 // FormatStatus writes a status table.
 func FormatStatus(w io.Writer, sts []NodeStatus) {
-	fmt.Fprintf(w, "%-12s %-9s %-24s %-28s %s\n", "NODE", "STATE", "DOMAINS", "ADDRESSES", "STARTUP")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	defer tw.Flush()
+	fmt.Fprintln(tw, "NODE\tSTATE\tDOMAINS\tADDRESSES\tSTARTUP")
 	for _, s := range sts {
 		var doms []string
 		for i, d := range s.Domains {
@@ -735,7 +738,7 @@ func FormatStatus(w io.Writer, sts []NodeStatus) {
 		} else if s.Error != "" {
 			startup = strings.TrimSpace(startup + " " + s.Error)
 		}
-		fmt.Fprintf(w, "%-12s %-9s %-24s %-28s %s\n", s.Node, s.State, dash(strings.Join(doms, " ")), dash(strings.Join(addrs, " ")), dash(startup))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Node, s.State, dash(strings.Join(doms, " ")), dash(strings.Join(addrs, " ")), dash(startup))
 	}
 }
 
