@@ -133,7 +133,7 @@ func (c *Client) Close() error {
 // Cmd is a command to run in the guest.
 type Cmd struct {
 	Argv   []string
-	Env    []string // empty: a default PATH only
+	Env    []string // added to PATH=DefaultPath and HOME=/root, which it may override
 	Dir    string
 	TTY    bool // a terminal: stdout carries both output streams
 	Rows   uint16

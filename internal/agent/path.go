@@ -4,18 +4,25 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
-const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+// DefaultPath is the PATH of commands the agent runs, unless given one.
+const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-func envOrDefault(env []string) []string {
-	for _, kv := range env {
-		if strings.HasPrefix(kv, "PATH=") {
-			return env
+// WithDefaults returns env with PATH=DefaultPath and HOME=/root added
+// where env does not set them: what every command the agent (and the
+// guest's init) starts has.
+func WithDefaults(env []string) []string {
+	out := append([]string(nil), env...)
+	for _, d := range []string{"PATH=" + DefaultPath, "HOME=/root"} {
+		key := d[:strings.IndexByte(d, '=')+1]
+		if !slices.ContainsFunc(env, func(kv string) bool { return strings.HasPrefix(kv, key) }) {
+			out = append(out, d)
 		}
 	}
-	return append(append([]string(nil), env...), "PATH="+defaultPath)
+	return out
 }
 
 // LookPath finds name in the PATH of env (or the default PATH).
@@ -26,7 +33,7 @@ func LookPath(name string, env []string) (string, error) {
 		}
 		return name, nil
 	}
-	path := defaultPath
+	path := DefaultPath
 	for _, kv := range env {
 		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
 			path = v

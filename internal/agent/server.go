@@ -240,7 +240,7 @@ func (s *server) run(id uint32, ss *serverSession, req startRequest) {
 		s.sendExit(id, ExitStatus{Code: 126, Error: startErr.Error()})
 		return
 	}
-	proc, err := s.opts.Spawn(req.Argv, req.Env, req.Dir, files, req.TTY)
+	proc, err := s.opts.Spawn(req.Argv, WithDefaults(req.Env), req.Dir, files, req.TTY)
 	for _, f := range closeAfter {
 		f.Close()
 	}
@@ -279,7 +279,7 @@ func StartProcess(argv, env []string, dir string, files [3]*os.File, tty bool) (
 	if err != nil {
 		return nil, err
 	}
-	attr := &os.ProcAttr{Dir: dir, Env: envOrDefault(env), Files: files[:],
+	attr := &os.ProcAttr{Dir: dir, Env: env, Files: files[:],
 		Sys: &syscall.SysProcAttr{Setsid: tty, Setctty: tty, Ctty: 0}}
 	p, err := os.StartProcess(path, argv, attr)
 	if err != nil {

@@ -175,20 +175,20 @@ func newLabStatusCmd(stdio IO, f *labFlags, name string) *cobra.Command {
 	return cmd
 }
 
-// labNode resolves [DIR] NODE into the node's instance name.
+// labNode resolves [DIR] NODE into the lab and the node's name.
 func labNode(stdio IO, f *labFlags, args []string) (*lab.Lab, string, error) {
 	rest := f.dirAndNodes(args)
 	if len(rest) != 1 {
-		return nil, "", errors.New("name one node: umlkit lab exec [DIR] NODE -- CMD")
+		return nil, "", errors.New("name one node of the lab ([DIR] NODE): umlkit lab status lists them")
 	}
 	l, err := f.load(stdio, false)
 	if err != nil {
 		return nil, "", err
 	}
 	if l.Node(rest[0]) == nil {
-		return nil, "", fmt.Errorf("lab %s has no device %s", l.Dir, rest[0])
+		return nil, "", fmt.Errorf("lab %s has no device %s: umlkit lab status %s lists its nodes", l.Dir, rest[0], l.Dir)
 	}
-	return l, l.Instance(rest[0]), nil
+	return l, rest[0], nil
 }
 
 func newLabExecCmd(stdio IO, f *labFlags) *cobra.Command {
@@ -203,12 +203,11 @@ func newLabExecCmd(stdio IO, f *labFlags) *cobra.Command {
 			if at < 0 {
 				return errors.New("put the command after --: umlkit lab exec [DIR] NODE -- CMD")
 			}
-			l, inst, err := labNode(stdio, f, args[:at])
+			l, node, err := labNode(stdio, f, args[:at])
 			if err != nil {
 				return err
 			}
-			name := strings.TrimPrefix(inst, l.ID()+"-")
-			return runInGuest(cmd.Context(), stdio, inst, args[at:], l.Node(name).Env, "", tty)
+			return runInGuest(cmd.Context(), stdio, l.Instance(node), args[at:], l.Node(node).Env, "", tty)
 		},
 	}
 	cmd.Flags().BoolVarP(&tty, "tty", "t", false, "run on a terminal")
@@ -221,11 +220,11 @@ func newLabShellCmd(stdio IO, f *labFlags) *cobra.Command {
 		Short: "A shell in a lab node",
 		Args:  cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			_, inst, err := labNode(stdio, f, args)
+			l, node, err := labNode(stdio, f, args)
 			if err != nil {
 				return err
 			}
-			return runInGuest(cmd.Context(), stdio, inst, []string{"/bin/sh", "-l"}, nil, "", isTerminal(stdio.In))
+			return runInGuest(cmd.Context(), stdio, l.Instance(node), []string{"/bin/sh", "-l"}, l.Node(node).Env, "", isTerminal(stdio.In))
 		},
 	}
 }
@@ -236,11 +235,11 @@ func newLabConsoleCmd(stdio IO, f *labFlags) *cobra.Command {
 		Short: "Attach to a lab node's console (Ctrl-] detaches)",
 		Args:  cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			_, inst, err := labNode(stdio, f, args)
+			l, node, err := labNode(stdio, f, args)
 			if err != nil {
 				return err
 			}
-			return attachConsole(cmd.Context(), stdio, inst)
+			return attachConsole(cmd.Context(), stdio, l.Instance(node))
 		},
 	}
 }

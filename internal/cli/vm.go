@@ -465,9 +465,6 @@ func runInGuest(ctx context.Context, stdio IO, name string, argv, env []string, 
 	}
 	defer c.Close()
 	cmd := agent.Cmd{Argv: argv, Env: env, Dir: dir, TTY: tty, Stdin: stdio.In, Stdout: stdio.Out, Stderr: stdio.Err}
-	if len(env) > 0 {
-		cmd.Env = append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"}, env...)
-	}
 	var s *agent.Session
 	if tty {
 		if f, ok := stdio.In.(*os.File); ok && term.IsTerminal(int(f.Fd())) {

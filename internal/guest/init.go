@@ -343,9 +343,7 @@ func (r *reaper) start(argv, env []string, dir string, files [3]*os.File, tty bo
 	if err != nil {
 		return nil, err
 	}
-	if len(env) == 0 {
-		env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-	}
+	env = agent.WithDefaults(env)
 	pid, err := syscall.ForkExec(path, argv, &syscall.ProcAttr{Dir: dir, Env: env,
 		Files: []uintptr{files[0].Fd(), files[1].Fd(), files[2].Fd()},
 		Sys:   &syscall.SysProcAttr{Setsid: tty, Setctty: tty, Ctty: 0}})

@@ -486,7 +486,7 @@ func (s *session) run(ctx context.Context, script string) (string, error) {
 	defer cancel()
 	var out bytes.Buffer
 	st, err := s.client.Run(rctx, agent.Cmd{Argv: []string{"/bin/sh", "-c", script}, Stdout: &out, Stderr: &out,
-		Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LC_ALL=C"}})
+		Env: []string{"LC_ALL=C"}})
 	if err != nil {
 		return out.String(), err
 	}

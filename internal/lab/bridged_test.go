@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net"
 	"os"
-	"os/exec"
 	"runtime"
 	"strings"
 	"testing"
@@ -123,19 +122,7 @@ func TestKernelBridged(t *testing.T) {
 	}
 	tap := l.TapName("pc1")
 	env := append(os.Environ(), "UMLKIT_RUNTIME_DIR="+umltest.ShortDir(t), "UMLKIT_DATA_DIR="+umltest.ShortDir(t), EnvImage+"="+img)
-	run := func(args ...string) (string, int) {
-		cmd := exec.Command("ip", append([]string{"netns", "exec", ns, bin}, args...)...)
-		cmd.Env = env
-		out, err := cmd.CombinedOutput()
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return string(out), ee.ExitCode()
-		}
-		if err != nil {
-			t.Fatalf("umlkit %v: %v", args, err)
-		}
-		return string(out), 0
-	}
+	run := cliRunner(t, env, "ip", "netns", "exec", ns, bin)
 	t.Cleanup(func() { run("lab", "crash", dir) })
 	// leftovers reports the lab's TAP devices and umlkit's nftables table
 	// in the namespace.

@@ -22,19 +22,7 @@ func TestKernelCLI(t *testing.T) {
 	rt := umltest.ShortDir(t)
 	dir := copyLab(t, "twohosts")
 	env := append(os.Environ(), "UMLKIT_RUNTIME_DIR="+rt, EnvImage+"="+img)
-	run := func(args ...string) (string, int) {
-		cmd := exec.Command(bin, args...)
-		cmd.Env = env
-		out, err := cmd.CombinedOutput()
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return string(out), ee.ExitCode()
-		}
-		if err != nil {
-			t.Fatalf("umlkit %v: %v", args, err)
-		}
-		return string(out), 0
-	}
+	run := cliRunner(t, env, bin)
 	t.Cleanup(func() { run("lab", "crash", dir) })
 	if out, code := run("lab", "up", dir); code != 0 || !strings.Contains(out, "eth0=10.0.0.2/24") {
 		t.Fatalf("lab up = %d:\n%s", code, out)
@@ -76,5 +64,25 @@ func TestKernelCLI(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, ".umlkit")); !os.IsNotExist(err) {
 		t.Errorf("lab clean left .umlkit: %v", err)
+	}
+}
+
+// cliRunner returns a function that runs command (the umlkit binary, maybe
+// behind a prefix such as ip netns exec NS) with args and env, and gives
+// its combined output and exit status; failing to run at all fails t.
+func cliRunner(t *testing.T, env []string, command ...string) func(args ...string) (string, int) {
+	return func(args ...string) (string, int) {
+		t.Helper()
+		cmd := exec.Command(command[0], append(command[1:len(command):len(command)], args...)...)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return string(out), ee.ExitCode()
+		}
+		if err != nil {
+			t.Fatalf("umlkit %v: %v", args, err)
+		}
+		return string(out), 0
 	}
 }

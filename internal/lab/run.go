@@ -435,9 +435,7 @@ func (l *Lab) guestRun(ctx context.Context, node, script string, env []string, t
 	defer c.Close()
 	var out syncio.Buffer // stdout and stderr, as the agent delivers them
 	cmd := agent.Cmd{Argv: []string{"/bin/sh", "-c", script}, Stdout: &out, Stderr: &out}
-	if len(env) > 0 {
-		cmd.Env = append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"}, env...)
-	}
+	cmd.Env = env
 	st, err := c.Run(ctx, cmd)
 	if err != nil {
 		return guestResult{}, fmt.Errorf("run in %s: %w", node, err)
