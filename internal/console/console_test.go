@@ -48,3 +48,25 @@ func TestWaitForContext(t *testing.T) {
 		t.Fatalf("WaitFor = %v, want deadline exceeded", err)
 	}
 }
+
+func TestPanicCause(t *testing.T) {
+	log := "Checking that ptrace can change system call numbers...OK\n" +
+		"Linux version 6.1\n" +
+		"EXT4-fs (ubda): unable to read superblock\n" +
+		"List of all partitions:\n" +
+		"No filesystem could mount root, tried:\n" +
+		" ext4\n" +
+		"Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(98,0)\n" +
+		"ubd: after the panic\n"
+	got := PanicCause(log, 5)
+	want := []string{"EXT4-fs (ubda): unable to read superblock", "No filesystem could mount root, tried:"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("PanicCause = %q, want %q", got, want)
+	}
+	if got := PanicCause(log, 1); len(got) != 1 || got[0] != want[1] {
+		t.Errorf("PanicCause(max 1) = %q, want the nearest line only", got)
+	}
+	if got := PanicCause("boot\nerror somewhere\n", 5); got != nil {
+		t.Errorf("PanicCause(no panic) = %q, want nil", got)
+	}
+}

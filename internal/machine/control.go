@@ -8,10 +8,12 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/umlkit/umlkit/internal/agent"
+	"github.com/umlkit/umlkit/internal/console"
 	"github.com/umlkit/umlkit/internal/machine/cmdline"
 	"github.com/umlkit/umlkit/internal/machine/preflight"
 	"github.com/umlkit/umlkit/mconsole"
@@ -136,7 +138,7 @@ func waitReady(ctx context.Context, name string, timeout time.Duration, kernelOn
 				if in.State.Live() && time.Now().Before(deadline) {
 					break // the kernel is going down; report its final state
 				}
-				return in, fmt.Errorf("instance %s: kernel panic: %s (umlkit vm logs %s shows the console)", name, in.State.Panic, name)
+				return in, fmt.Errorf("instance %s: kernel panic: %s%s (umlkit vm logs %s shows the console)", name, in.State.Panic, panicCause(PathsOf(name).Log()), name)
 			case !in.State.Live():
 				return in, fmt.Errorf("instance %s %s during boot (exit status %d%s): umlkit vm logs %s shows why", name, in.State.Status, in.State.ExitCode, errSuffix(in.State.Error), name)
 			case in.State.Status == Running, kernelOnly && in.State.Status == Booting:
@@ -155,6 +157,20 @@ func waitReady(ctx context.Context, name string, timeout time.Duration, kernelOn
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// panicCause is what the console log says before the panic about why,
+// as text to follow the panic's own message, or "".
+func panicCause(log string) string {
+	b, err := os.ReadFile(log)
+	if err != nil {
+		return ""
+	}
+	cause := console.PanicCause(string(b), 4)
+	if len(cause) == 0 {
+		return ""
+	}
+	return "; before it the kernel said: " + strings.Join(cause, " / ")
 }
 
 func errSuffix(s string) string {

@@ -1,8 +1,13 @@
 package umltest
 
 import (
+	"errors"
+	"io"
+	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/umlkit/umlkit/internal/console"
 )
 
 func TestMain(m *testing.M) { Main(m) }
@@ -43,6 +48,37 @@ func TestSanitize(t *testing.T) {
 	} {
 		if got := sanitize(tc.in); got != tc.want {
 			t.Errorf("sanitize(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// Only a SIGABRT after the console's halt line passes for a clean
+// poweroff; any other exit error, or an abort before the halt, does not.
+func TestAbortedAfterHalt(t *testing.T) {
+	exitErr := func(script string) error {
+		err := exec.Command("sh", "-c", script).Run()
+		if err == nil {
+			t.Fatalf("sh -c %q exited 0", script)
+		}
+		return err
+	}
+	abort, status := exitErr("kill -ABRT $$"), exitErr("exit 3")
+	for _, tc := range []struct {
+		console string
+		err     error
+		want    bool
+	}{
+		{"vm:/# poweroff -f\nreboot: System halted\n", abort, true},
+		{"vm:/# poweroff -f\nreboot: Power down\n", abort, true},
+		{"vm:/# poweroff -f\n", abort, false},
+		{"reboot: System halted\n", status, false},
+		{"reboot: System halted\n", errors.New("still running"), false},
+	} {
+		c := console.New(strings.NewReader(tc.console), io.Discard, nil)
+		<-c.Done()
+		i := &Instance{t: t, Console: c}
+		if got := i.abortedAfterHalt(tc.err); got != tc.want {
+			t.Errorf("abortedAfterHalt(%v) after %q = %v, want %v", tc.err, tc.console, got, tc.want)
 		}
 	}
 }
