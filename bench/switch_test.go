@@ -12,38 +12,64 @@ import (
 	"time"
 
 	"github.com/umlkit/umlkit/internal/loadgen"
+	"github.com/umlkit/umlkit/internal/umltest"
 )
 
 // BenchmarkSwitch runs the load generator through umlkit's switch (daemon
 // protocol and BESS), uml_switch and vde_switch, and through a direct
 // socket pair with no switch (the host's limit), for 2 and 16 ports and
-// 64, 512 and 1500-byte frames. Each run measures forwarded frames/s,
+// 64, 512 and 1500-byte frames, with two kinds of client: batched (up to
+// 32 frames per sendmmsg/recvmmsg, as UML's vector transports do) and
+// perframe (a system call per frame, as the kernel's daemon and vde
+// transports do). Each run measures forwarded frames/s,
 // Mbit/s and loss with every port sending to its partner flat out for
-// b.N x 100ms, then round trips (p50, p99) between two ports.
+// b.N x 100ms, then round trips (p50, p99) between two ports. It also
+// reports the CPU time each forwarded frame cost the switch process
+// (sw-ns/frame) and the load generator (gen-ns/frame): on a machine with
+// few cores they share, frames/s follows their sum.
 func BenchmarkSwitch(b *testing.B) {
-	for _, target := range []string{"direct", "umlkit-bess", "umlkit-daemon", "vde_switch", "uml_switch"} {
-		for _, nports := range []int{2, 16} {
-			for _, size := range []int{64, 512, 1500} {
-				b.Run(fmt.Sprintf("%s/%dports/%dB", target, nports, size), func(b *testing.B) {
-					ports := connect(b, target, nports)
-					tp, err := loadgen.Throughput(ports, size, time.Duration(b.N)*100*time.Millisecond)
-					if err != nil {
-						b.Fatal(err)
-					}
-					rt, err := loadgen.RTT(ports[0], ports[1], size, 1000)
-					if err != nil {
-						b.Fatal(err)
-					}
-					b.ReportMetric(0, "ns/op")
-					b.ReportMetric(tp.FramesPerSec/1000, "kframes/s")
-					b.ReportMetric(tp.Mbps, "Mbit/s")
-					b.ReportMetric(tp.Loss*100, "loss%")
-					b.ReportMetric(float64(rt.P50.Nanoseconds())/1000, "p50-us")
-					b.ReportMetric(float64(rt.P99.Nanoseconds())/1000, "p99-us")
-				})
+	for _, client := range []string{"batched", "perframe"} {
+		for _, target := range []string{"direct", "umlkit-bess", "umlkit-daemon", "vde_switch", "uml_switch"} {
+			for _, nports := range []int{2, 16} {
+				for _, size := range []int{64, 512, 1500} {
+					benchSwitch(b, client, target, nports, size)
+				}
 			}
 		}
 	}
+}
+
+func benchSwitch(b *testing.B, client, target string, nports, size int) {
+	b.Run(fmt.Sprintf("%s/%s/%dports/%dB", target, client, nports, size), func(b *testing.B) {
+		ports, pid := connect(b, target, nports)
+		if client == "perframe" {
+			for _, p := range ports {
+				p.SetBatch(1)
+			}
+		}
+		sw0, gen0 := umltest.CPUTime(pid), umltest.CPUTime(os.Getpid())
+		tp, err := loadgen.Throughput(ports, size, time.Duration(b.N)*100*time.Millisecond)
+		if err != nil {
+			b.Fatal(err)
+		}
+		sw, gen := umltest.CPUTime(pid)-sw0, umltest.CPUTime(os.Getpid())-gen0
+		rt, err := loadgen.RTT(ports[0], ports[1], size, 1000)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(0, "ns/op")
+		b.ReportMetric(tp.FramesPerSec/1000, "kframes/s")
+		b.ReportMetric(tp.Mbps, "Mbit/s")
+		b.ReportMetric(tp.Loss*100, "loss%")
+		b.ReportMetric(float64(rt.P50.Nanoseconds())/1000, "p50-us")
+		b.ReportMetric(float64(rt.P99.Nanoseconds())/1000, "p99-us")
+		if tp.Received > 0 {
+			if pid != 0 {
+				b.ReportMetric(float64(sw.Nanoseconds())/float64(tp.Received), "sw-ns/frame")
+			}
+			b.ReportMetric(float64(gen.Nanoseconds())/float64(tp.Received), "gen-ns/frame")
+		}
+	})
 }
 
 var (
@@ -73,8 +99,9 @@ func umlkit(b *testing.B) string {
 }
 
 // connect starts target (a switch process, or nothing for direct) and
-// returns nports ports on it; everything stops when the benchmark ends.
-func connect(b *testing.B, target string, nports int) []*loadgen.Port {
+// returns nports ports on it and the switch's pid (0 for direct);
+// everything stops when the benchmark ends.
+func connect(b *testing.B, target string, nports int) ([]*loadgen.Port, int) {
 	b.Helper()
 	dir, err := os.MkdirTemp("", "swb")
 	if err != nil {
@@ -89,6 +116,7 @@ func connect(b *testing.B, target string, nports int) []*loadgen.Port {
 	})
 	var dial func() (*loadgen.Port, error)
 	var ready string
+	var pid int
 	switch target {
 	case "direct":
 		for len(ports) < nports {
@@ -98,9 +126,9 @@ func connect(b *testing.B, target string, nports int) []*loadgen.Port {
 			}
 			ports = append(ports, x, y)
 		}
-		return ports
+		return ports, 0
 	case "umlkit-bess", "umlkit-daemon":
-		start(b, umlkit(b), "switch", "--dir", dir, "--no-keeper")
+		pid = start(b, umlkit(b), "switch", "--dir", dir, "--no-keeper")
 		if target == "umlkit-bess" {
 			ready = filepath.Join(dir, "bess")
 			dial = func() (*loadgen.Port, error) { return loadgen.DialBESS(ready) }
@@ -110,11 +138,11 @@ func connect(b *testing.B, target string, nports int) []*loadgen.Port {
 		}
 	case "uml_switch":
 		ready = filepath.Join(dir, "ctl")
-		start(b, "uml_switch", "-unix", ready)
+		pid = start(b, "uml_switch", "-unix", ready)
 		dial = func() (*loadgen.Port, error) { return loadgen.DialDaemon(ready) }
 	case "vde_switch":
 		ready = filepath.Join(dir, "vde", "ctl")
-		start(b, "vde_switch", "-s", filepath.Join(dir, "vde"), "-n", "64")
+		pid = start(b, "vde_switch", "-s", filepath.Join(dir, "vde"), "-n", "64")
 		dial = func() (*loadgen.Port, error) { return loadgen.DialDaemon(ready) }
 	}
 	network := "unix"
@@ -139,13 +167,13 @@ func connect(b *testing.B, target string, nports int) []*loadgen.Port {
 		ports = append(ports, p)
 	}
 	time.Sleep(100 * time.Millisecond) // let the switch set up the ports
-	return ports
+	return ports, pid
 }
 
-// start runs a switch process until the benchmark ends. Its stdin is a
-// pipe left open: uml_switch and vde_switch read commands from stdin and
-// stop at its end.
-func start(b *testing.B, name string, args ...string) {
+// start runs a switch process until the benchmark ends and returns its
+// pid. Its stdin is a pipe left open: uml_switch and vde_switch read
+// commands from stdin and stop at its end.
+func start(b *testing.B, name string, args ...string) int {
 	b.Helper()
 	cmd := exec.Command(name, args...)
 	in, err := cmd.StdinPipe()
@@ -161,4 +189,5 @@ func start(b *testing.B, name string, args ...string) {
 		cmd.Process.Kill()
 		cmd.Wait()
 	})
+	return cmd.Process.Pid
 }

@@ -23,9 +23,27 @@ import (
 
 // Port is one connected packet socket into a switch.
 type Port struct {
-	fd  int
-	ctl *net.UnixConn // the daemon protocol's control connection
-	mac [6]byte
+	fd    int
+	ctl   *net.UnixConn // the daemon protocol's control connection
+	mac   [6]byte
+	batch int // frames per system call; 0 means MaxBatch
+}
+
+// MaxBatch is how many frames a port sends or receives per system call
+// (sendmmsg, recvmmsg) unless SetBatch says otherwise, as UML's vector
+// transports (BESS among them) do.
+const MaxBatch = 32
+
+// SetBatch sets how many frames, 1 to MaxBatch, the port sends or
+// receives per system call in Throughput. One is what the kernel's daemon
+// and vde transports do: a sendto or recvfrom per frame.
+func (p *Port) SetBatch(n int) { p.batch = max(1, min(n, MaxBatch)) }
+
+func (p *Port) perCall() int {
+	if p.batch == 0 {
+		return MaxBatch
+	}
+	return p.batch
 }
 
 // Close closes the port.
@@ -149,8 +167,6 @@ type Result struct {
 	RTTLost        int
 }
 
-const batch = 32
-
 // frame fills b with a frame from src to dst of len(b) bytes.
 func frame(b []byte, dst, src [6]byte) {
 	copy(b[0:], dst[:])
@@ -235,6 +251,7 @@ func Throughput(ports []*Port, size int, d time.Duration) (Result, error) {
 			frame(b, partner.mac, p.mac)
 			iov := unix.Iovec{Base: &b[0]}
 			iov.SetLen(size)
+			batch := p.perCall()
 			msgs := make([]unix.Mmsghdr, batch)
 			for k := range msgs {
 				msgs[k].Hdr.Iov = &iov
@@ -264,6 +281,7 @@ func Throughput(ports []*Port, size int, d time.Duration) (Result, error) {
 			}
 		})
 		wg.Go(func() { // receiver
+			batch := p.perCall()
 			bufs := make([][]byte, batch)
 			iovs := make([]unix.Iovec, batch)
 			msgs := make([]unix.Mmsghdr, batch)
@@ -275,7 +293,7 @@ func Throughput(ports []*Port, size int, d time.Duration) (Result, error) {
 				msgs[k].Hdr.SetIovlen(1)
 			}
 			for !stopRecv.Load() {
-				r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(p.fd), uintptr(unsafe.Pointer(&msgs[0])), batch, 0, 0, 0)
+				r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(p.fd), uintptr(unsafe.Pointer(&msgs[0])), uintptr(batch), 0, 0, 0)
 				if e != 0 {
 					continue
 				}

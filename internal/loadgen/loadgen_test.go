@@ -20,3 +20,23 @@ func TestDirect(t *testing.T) {
 		t.Fatalf("RTT = %+v, %v", rt, err)
 	}
 }
+
+// One frame per system call (the daemon transport's way) moves every
+// frame too.
+func TestDirectPerFrame(t *testing.T) {
+	a, b, err := Pair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	defer b.Close()
+	a.SetBatch(1)
+	b.SetBatch(0) // clamps to 1
+	if a.perCall() != 1 || b.perCall() != 1 {
+		t.Fatalf("perCall = %d, %d; want 1, 1", a.perCall(), b.perCall())
+	}
+	r, err := Throughput([]*Port{a, b}, 1500, 1e8)
+	if err != nil || r.Received == 0 || r.Received != r.Sent {
+		t.Fatalf("Throughput = %+v, %v; want every frame received", r, err)
+	}
+}
