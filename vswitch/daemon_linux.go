@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -203,6 +204,7 @@ func (d *daemonServer) connect(c *net.UnixConn, req *Request, pid int) error {
 	p, err := s.attach(os.NewFile(uintptr(fd), "daemon-data"), PortOptions{
 		Kind: "daemon", Peer: name, VLAN: d.o.VLAN, Trunk: d.o.Trunk, ID: req.Port,
 		OnClose: func() { c.Close(); d.forget(seq) },
+		OnVLAN:  func(_, vlan int, trunk []int) { d.setVLAN(seq, vlan, trunk) },
 	})
 	if err != nil {
 		return err
@@ -245,6 +247,17 @@ func (d *daemonServer) remember(r portRecord) {
 	defer d.mu.Unlock()
 	d.table[r.Seq] = r
 	d.save()
+}
+
+// setVLAN records a port's new VLANs in the table.
+func (d *daemonServer) setVLAN(seq uint64, vlan int, trunk []int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if r, ok := d.table[seq]; ok {
+		r.VLAN, r.Trunk = vlan, slices.Clone(trunk)
+		d.table[seq] = r
+		d.save()
+	}
 }
 
 // forget drops a closed port from the table, unless the whole switch is
@@ -332,6 +345,7 @@ func (d *daemonServer) restorePort(r portRecord) error {
 	p, err := d.s.attach(os.NewFile(uintptr(fd), "daemon-data"), PortOptions{
 		Kind: "daemon", Peer: r.Peer, VLAN: r.VLAN, Trunk: r.Trunk, ID: r.ID,
 		OnClose: func() { d.forget(seq) }, closeWhenGone: true,
+		OnVLAN: func(_, vlan int, trunk []int) { d.setVLAN(seq, vlan, trunk) },
 	})
 	if err != nil {
 		return err

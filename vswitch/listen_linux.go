@@ -122,45 +122,44 @@ func (s *Switch) ListenBESS(path string, o ListenOptions) error {
 		ln.Close()
 		return err
 	}
-	var kc *keeperClient
 	if o.Keeper != "" {
-		if kc, err = dialKeeper(o.Keeper, s.warn); err != nil {
+		if err := s.UseKeeper(o.Keeper); err != nil {
 			s.removeCloser(ln)
 			ln.Close()
 			return err
 		}
-		if err := s.addCloser(kc); err != nil {
-			kc.Close()
-			return err
+	}
+	kc := s.keeperClient()
+	for _, k := range s.takeKept(func(k keptConn) bool { return k.Kind == "" || k.Kind == "bess" }) {
+		opts := PortOptions{Kind: "bess", Peer: k.info, VLAN: o.VLAN, Trunk: o.Trunk, ID: k.Port}
+		if k.VLAN != 0 {
+			opts.VLAN, opts.Trunk = k.VLAN, k.Trunk
 		}
-		kept, err := kc.list()
+		s.keep(kc, k.id, &opts)
+		id, err := s.Attach(k.file, opts)
 		if err != nil {
-			s.warn.warn("keeper", "cannot take back BESS connections from the keeper", "sock", o.Keeper, "err", err)
+			s.warn.warn("attach", "cannot attach a kept BESS connection", "sock", path, "peer", k.info, "err", err)
+			kc.drop(k.id)
+			continue
 		}
-		for _, k := range kept {
-			id, err := s.Attach(k.file, PortOptions{Kind: "bess", Peer: k.info, VLAN: o.VLAN, Trunk: o.Trunk, OnClose: s.keeperDrop(kc, k.id)})
-			if err != nil {
-				s.warn.warn("attach", "cannot attach a kept BESS connection", "sock", path, "peer", k.info, "err", err)
-				kc.drop(k.id)
-				continue
-			}
-			s.log.Info("port restored", "port", id, "peer", k.info)
+		if id != k.Port {
+			kc.set(k.id, keptMeta{Kind: "bess", Port: id, VLAN: opts.VLAN, Trunk: opts.Trunk})
 		}
+		s.log.Info("port restored", "port", id, "peer", k.info)
 	}
 	s.log.Info("listening", "transport", "bess", "sock", path)
 	ok := s.goroutine(func() {
 		s.acceptLoop(ln, "bess", func(c *net.UnixConn) {
 			peer := fmt.Sprintf("pid %d", peerPID(c))
-			var onClose func()
-			if kc != nil {
-				if id, err := kc.hold(c, peer); err != nil {
-					s.warn.warn("keeper", "keeper unreachable: this BESS port will not survive a restart", "sock", o.Keeper, "err", err)
-				} else {
-					onClose = s.keeperDrop(kc, id)
-				}
-			}
-			if _, err := s.Attach(c, PortOptions{Kind: "bess", Peer: peer, VLAN: o.VLAN, Trunk: o.Trunk, OnClose: onClose}); err != nil {
+			opts := PortOptions{Kind: "bess", Peer: peer, VLAN: o.VLAN, Trunk: o.Trunk}
+			kid := s.hold(kc, c, peer, "bess", &opts)
+			id, err := s.Attach(c, opts)
+			if err != nil {
 				s.warn.warn("attach", "cannot attach BESS connection", "sock", path, "peer", peer, "err", err)
+				return
+			}
+			if kid != 0 {
+				kc.set(kid, keptMeta{Kind: "bess", Port: id, VLAN: opts.VLAN, Trunk: opts.Trunk})
 			}
 		})
 	})
@@ -169,17 +168,4 @@ func (s *Switch) ListenBESS(path string, o ListenOptions) error {
 		return ErrClosed
 	}
 	return nil
-}
-
-// keeperDrop tells the keeper to let go of a connection that ended,
-// unless the switch itself is closing (then the keeper keeps it for the
-// next switch).
-func (s *Switch) keeperDrop(kc *keeperClient, id uint64) func() {
-	return func() {
-		select {
-		case <-s.done:
-		default:
-			kc.drop(id)
-		}
-	}
 }

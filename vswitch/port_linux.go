@@ -49,6 +49,7 @@ type port struct {
 	closeOnce sync.Once
 	done      chan struct{}
 	onClose   func()
+	onVLAN    func(port, vlan int, trunk []int)
 	whenGone  bool
 
 	rxFrames, rxBytes, rxDrops atomic.Uint64
@@ -141,6 +142,7 @@ func (s *Switch) newPortKind(c PacketConn, opts PortOptions, tap bool) (*port, e
 		q:         make(chan *frame, s.cfg.QueueLen),
 		done:      make(chan struct{}),
 		onClose:   opts.OnClose,
+		onVLAN:    opts.OnVLAN,
 		whenGone:  opts.closeWhenGone,
 		rx:        make([]*frame, n),
 		rxmsgs:    make([]unix.Mmsghdr, n),

@@ -112,6 +112,8 @@ type Switch struct {
 	active    atomic.Pointer[[]*port]
 	captures  atomic.Pointer[[]*Capture]
 	floodDrop atomic.Uint64
+	keeper    *keeperClient // UseKeeper
+	kept      []keptConn    // what the keeper held, not yet taken back
 
 	done chan struct{}
 	wg   sync.WaitGroup
@@ -242,6 +244,9 @@ type PortOptions struct {
 	ID int
 	// OnClose runs once, after the port is disconnected for any reason.
 	OnClose func()
+	// OnVLAN runs after SetVLAN changed the port's VLANs, so that its
+	// transport can keep them across a restart of the switch.
+	OnVLAN func(port, vlan int, trunk []int)
 	// closeWhenGone ends the port when sends find no peer: a restored
 	// daemon port has no control connection to tell it.
 	closeWhenGone bool
@@ -443,6 +448,9 @@ func (s *Switch) SetVLAN(id, vlan int, trunk []int) error {
 	p.setVLAN(vlan, trunk)
 	s.macs.forget(p)
 	s.log.Info("port vlan changed", "port", id, "vlan", vlan, "trunk", trunk)
+	if p.onVLAN != nil {
+		p.onVLAN(id, vlan, trunk)
+	}
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -16,6 +17,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/umlkit/umlkit/internal/umltest"
 )
 
 // shortDir is a temp dir with a short path, for sockets.
@@ -342,6 +345,11 @@ func TestDaemonRestart(t *testing.T) {
 	c.ctl.Close() // c leaves cleanly: not in the table any more
 	waitPorts(t, s1, 2)
 	ids := []int{s1.Ports()[0].ID, s1.Ports()[1].ID}
+	for _, id := range ids { // runtime VLAN changes are in the table too
+		if err := s1.SetVLAN(id, 9, []int{10, 11}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	s1.Close() // like a crash for the clients: the data sockets vanish
 
 	s2 := newSwitch(t, Config{})
@@ -351,6 +359,11 @@ func TestDaemonRestart(t *testing.T) {
 	ps := s2.Ports()
 	if len(ps) != 2 || ps[0].ID != ids[0] || ps[1].ID != ids[1] {
 		t.Fatalf("restored ports %+v, want ports %v", ps, ids)
+	}
+	for _, p := range ps {
+		if p.VLAN != 9 || fmt.Sprint(p.Trunk) != "[10 11]" {
+			t.Errorf("restored port %+v, want VLAN 9 and trunk [10 11]", p)
+		}
 	}
 	g := eth(bcast, macA, "after the restart")
 	a.send(g)
@@ -406,6 +419,16 @@ func TestBESSKeeper(t *testing.T) {
 	f := eth(bcast, macA, "before")
 	a.send(f)
 	b.expectNext(f)
+	// Runtime VLAN changes are kept too: a and b move to VLAN 5.
+	for _, p := range s1.Ports() {
+		if err := s1.SetVLAN(p.ID, 5, []int{7}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := map[int]string{}
+	for _, p := range s1.Ports() {
+		before[p.ID] = p.Peer
+	}
 	s1.Close()
 
 	s2 := newSwitch(t, Config{})
@@ -415,9 +438,19 @@ func TestBESSKeeper(t *testing.T) {
 	// The keeper may hand back c too if it had not yet seen s1 drop it;
 	// its end of file then closes it at once.
 	waitPorts(t, s2, 2)
+	for _, p := range s2.Ports() {
+		if before[p.ID] != p.Peer || p.VLAN != 5 || len(p.Trunk) != 1 || p.Trunk[0] != 7 {
+			t.Errorf("restored port %+v, want port %d (%s) on VLAN 5 with trunk [7]", p, p.ID, before[p.ID])
+		}
+	}
+	d := dialBESS(t, sock) // a new port, on VLAN 1
+	waitPorts(t, s2, 3)
+	d.send(eth(bcast, macC, "VLAN 1"))
 	g := eth(bcast, macA, "after the restart")
 	a.send(g)
 	b.expectNext(g)
+	d.c.Close()
+	waitPorts(t, s2, 2)
 	h := eth(macA, macB, "reply")
 	b.send(h)
 	a.expectNext(h)
@@ -427,5 +460,110 @@ func TestBESSKeeper(t *testing.T) {
 	cancel()
 	if err := <-kdone; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// With a keeper, a TAP device outlives the switch with the host's
+// configuration of it: a new switch asking for the same device takes it
+// back with its port number and VLANs; one that does not ask lets it go,
+// and a device the switch created then disappears.
+func TestTAPKeeper(t *testing.T) {
+	ns := umltest.Netns(t)
+	dir := shortDir(t)
+	keep := filepath.Join(dir, "keep")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go ServeKeeper(ctx, keep, time.Hour, nil)
+	for range 250 {
+		if _, err := os.Stat(keep); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	const tap = "ktap0"
+	attach := func(s *Switch, want int) int {
+		t.Helper()
+		if err := s.UseKeeper(keep); err != nil {
+			t.Fatal(err)
+		}
+		var id int
+		var err error
+		umltest.InNetns(t, ns, func() { id, err = s.AttachTAP(tap, PortOptions{ID: want}) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	s1 := New(Config{})
+	id := attach(s1, 4)
+	umltest.Sh(t, ns, "ip addr add 10.9.0.1/24 dev "+tap+" && ip link set "+tap+" up")
+	if err := s1.SetVLAN(id, 6, nil); err != nil {
+		t.Fatal(err)
+	}
+	s1.Close()
+	if out := umltest.Sh(t, ns, "ip -o addr show dev "+tap); !strings.Contains(out, "10.9.0.1/24") {
+		t.Fatalf("after the switch stopped, %s has lost its address: %s", tap, out)
+	}
+	s2 := New(Config{})
+	if got := attach(s2, 0); got != id {
+		t.Errorf("restored TAP port %d, want %d", got, id)
+	}
+	if p := findPort(s2, id); p.Kind != "tap" || p.VLAN != 6 {
+		t.Errorf("restored TAP port %+v, want a tap port on VLAN 6", p)
+	}
+	// The TAP device still carries frames: the host's ARP request
+	// reaches the port.
+	umltest.Sh(t, ns, "ping -c 1 -W 1 10.9.0.2 || true")
+	if p := findPort(s2, id); p.RxFrames == 0 {
+		t.Errorf("restored TAP port %+v received nothing from the host", p)
+	}
+	s2.Close()
+	s3 := New(Config{})
+	defer s3.Close()
+	if err := s3.UseKeeper(keep); err != nil {
+		t.Fatal(err)
+	}
+	s3.ForgetKept()
+	for i := 0; ; i++ {
+		if _, err := umltest.ShErr(ns, "ip link show "+tap); err != nil {
+			break
+		}
+		if i == 200 {
+			t.Fatalf("%s is still there after a switch let go of it", tap)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A keeper with no switch lets go of TAP devices only when told to (after
+// its idle time), and of other connections when their peer hangs up.
+func TestKeeperReapTAP(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	tapFd, _ := unix.Dup(int(w.Fd()))
+	w.Close()
+	k := &keeper{log: slog.New(slog.DiscardHandler), held: map[uint64]heldConn{
+		1: {fd: fds[0], info: "bess peer"},
+		2: {fd: tapFd, info: "tap0", keptMeta: keptMeta{Kind: "tap"}},
+	}}
+	k.reap(false)
+	if len(k.held) != 2 {
+		t.Fatalf("held %v after reap(false) with live peers, want both", k.held)
+	}
+	unix.Close(fds[1])
+	k.reap(false)
+	if _, ok := k.held[1]; ok || len(k.held) != 1 {
+		t.Fatalf("held %v after the BESS peer hung up, want the TAP only", k.held)
+	}
+	k.reap(true)
+	if len(k.held) != 0 {
+		t.Fatalf("held %v after reap(true), want nothing", k.held)
 	}
 }

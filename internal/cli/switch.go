@@ -124,7 +124,7 @@ While it runs, 'umlkit switch ports|macs|stats' show its state and
 	f.DurationVar(&o.macAge, "mac-age", vswitch.DefaultMACAge, "forget an address after this long without frames")
 	f.IntVar(&o.queue, "queue", vswitch.DefaultQueueLen, "output queue of each port, in frames")
 	f.StringArrayVar(&o.taps, "tap", nil, "add host TAP device `NAME` as a port, creating it if needed (repeatable)")
-	f.BoolVar(&o.noKeeper, "no-keeper", false, "do not keep BESS connections in a keeper process across restarts")
+	f.BoolVar(&o.noKeeper, "no-keeper", false, "do not keep BESS connections and TAP devices in a keeper process across restarts")
 	f.DurationVar(&o.keepIdle, "keeper-idle", 10*time.Second, "a keeper with nothing to hold and no switch exits after this long")
 	f.BoolVar(&o.logJSON, "log-json", false, "log JSON lines instead of text")
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "log debug messages too")
@@ -186,15 +186,22 @@ func runSwitch(ctx context.Context, o switchOptions, stdio IO) error {
 	s := vswitch.New(vswitch.Config{Hub: o.hub, MaxPorts: o.maxPorts, MACAge: o.macAge, QueueLen: o.queue, Logger: log})
 	defer s.Close()
 	var serving []string
-	if p.bess != "" {
-		blo := lo
-		if !o.noKeeper {
-			blo.Keeper = p.bess + ".keep"
-			if err := ensureKeeper(ctx, blo.Keeper, o.keepIdle); err != nil {
-				return err
-			}
+	if !o.noKeeper && (p.bess != "" || len(o.taps) > 0) {
+		// The keeper holds BESS connections and TAP devices across a
+		// restart of the switch.
+		keeper := p.mgmt + ".keep"
+		if p.bess != "" {
+			keeper = p.bess + ".keep"
 		}
-		if err := s.ListenBESS(p.bess, blo); err != nil {
+		if err := ensureKeeper(ctx, keeper, o.keepIdle); err != nil {
+			return err
+		}
+		if err := s.UseKeeper(keeper); err != nil {
+			return err
+		}
+	}
+	if p.bess != "" {
+		if err := s.ListenBESS(p.bess, lo); err != nil {
 			return err
 		}
 		serving = append(serving, "bess "+p.bess)
@@ -211,6 +218,7 @@ func runSwitch(ctx context.Context, o switchOptions, stdio IO) error {
 		}
 		serving = append(serving, "tap "+tap)
 	}
+	s.ForgetKept()
 	mlo := lo
 	mlo.Mode = os.FileMode(mode) &^ 0o007
 	if err := s.ListenManagement(p.mgmt, mlo); err != nil {
