@@ -6,9 +6,12 @@ import (
 	"debug/elf"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -117,5 +120,41 @@ func TestShim(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(p1); !bytes.Equal(b, xstateShim) {
 		t.Error("installed shim differs from the embedded one")
+	}
+}
+
+// A kernel started by Command has the fixed memory layout: no
+// address-randomization gap is added to its physical memory, so mem=64M
+// gives the same memory at every boot. With UMLKIT_KERNEL_ASLR=1 the
+// layout is the host's default again (the shim's constructor leaves it).
+func TestFixedLayout(t *testing.T) {
+	k, err := Find()
+	if err != nil {
+		t.Fatalf("no kernel: %v (make setup installs user-mode-linux)", err)
+	}
+	boot := func(env ...string) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		// No root disk: the kernel reports its memory early, then stops
+		// at the root mount.
+		cmd, err := k.Command(ctx, "mem=64M", "umid=layout-"+strconv.Itoa(os.Getpid()), "uml_dir="+t.TempDir(), "con=null", "con0=null,fd:1", "root=/dev/ubda")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Env = append(cmd.Env, env...)
+		out, _ := cmd.CombinedOutput()
+		return string(out)
+	}
+	total := regexp.MustCompile(`Memory: \d+K/(\d+)K available`)
+	for i := range 3 {
+		out := boot()
+		m := total.FindStringSubmatch(out)
+		if m == nil || m[1] != "65536" || strings.Contains(out, "exec-shield gap") {
+			t.Fatalf("boot %d: want Memory: .../65536K and no exec-shield gap; the kernel said:\n%s", i, out)
+		}
+	}
+	if out := boot("UMLKIT_KERNEL_ASLR=1"); total.FindStringSubmatch(out) == nil {
+		t.Fatalf("with UMLKIT_KERNEL_ASLR=1 the kernel did not start:\n%s", out)
 	}
 }

@@ -16,6 +16,15 @@
  * (possibly changed) prefix laid over it. Requests whose size already
  * matches the host pass straight through.
  *
+ * It also gives the kernel a fixed memory layout. UML sizes its physical
+ * memory from mem= plus the gap the host's address randomization leaves
+ * between the binary and its heap, and pays for that gap's page structures
+ * out of mem=: with randomization a mem=64M guest gets anywhere from about
+ * 36 to 53 MB, a different amount at each boot, and now and then too little
+ * to boot (a failed root mount, ENOMEM). So, unless UMLKIT_KERNEL_ASLR=1,
+ * the library's constructor turns on ADDR_NO_RANDOMIZE and executes the
+ * kernel again, once, the way `setarch -R` would have started it.
+ *
  * Build: make shim (the result is embedded in the umlkit binary).
  */
 #define _GNU_SOURCE
@@ -24,7 +33,9 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <string.h>
+#include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/personality.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -131,4 +142,21 @@ long ptrace(int request, ...)
 	if (!next)
 		next = (long (*)(int, ...))dlsym(RTLD_NEXT, "ptrace");
 	return next(request, pid, addr, data);
+}
+
+__attribute__((constructor))
+static void fixed_layout(int argc, char **argv, char **envp)
+{
+	(void)argc;
+	const char *keep = getenv("UMLKIT_KERNEL_ASLR");
+	if (keep && keep[0] == '1')
+		return;
+	int p = personality(0xffffffff);
+	if (p == -1 || (p & ADDR_NO_RANDOMIZE))
+		return;
+	if (personality((unsigned long)p | ADDR_NO_RANDOMIZE) == -1)
+		return;
+	execve("/proc/self/exe", argv, envp);
+	/* The exec failed: carry on with the randomized layout. */
+	personality((unsigned long)p);
 }
