@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/umlkit/umlkit/internal/machine"
 	"github.com/umlkit/umlkit/mconsole"
 )
 
@@ -33,7 +35,8 @@ command, read commands from standard input. Output and exit status are
 uml_mconsole's: the status is the kernel's error code & 0xff (0, 1, or
 240/237/234 for -EBUSY/-ENODEV/-EINVAL).
 
-The instance is a umid (looked up in each --uml-dir, ~/.uml and /tmp/uml),
+The instance is a umid (looked up in each --uml-dir, among umlkit's
+instances, then in ~/.uml and /tmp/uml),
 an instance directory, or the socket's path.
 
 Kernel commands: version, help, halt, reboot, config DEV=SPEC, config DEV,
@@ -149,7 +152,8 @@ func (s *mcSession) switchTo(name string) error {
 			return &mconsole.NotFoundError{Name: name, Tried: mconsole.Candidates(name)}
 		}
 	} else {
-		p, err := mconsole.Resolve(name, s.umlDirs...)
+		// umlkit's own instances (vm start, lab up) come after --uml-dir.
+		p, err := mconsole.Resolve(name, append(slices.Clone(s.umlDirs), machine.UMLDir())...)
 		if err != nil {
 			return err
 		}
