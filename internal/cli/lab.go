@@ -85,8 +85,9 @@ image; the lab directory is mounted in every node at /hostlab.
 pc1[bridged]=true also gives pc1 a link to the host after its lab.conf
 NICs: a TAP device (ul<lab id><index>), a /30 from 100.64.0.0/16 (host .1,
 node .2, default route through the host) and a masquerade so that it
-reaches the host's networks; it needs root (CAP_NET_ADMIN), and lab down,
-crash and clean remove the TAP and the rule.
+reaches the host's networks; it needs root (CAP_NET_ADMIN). lab down,
+crash and clean remove the TAP and the rule, and turn IPv4 forwarding off
+again if lab up turned it on and no other umlkit NAT rule needs it.
 Commands take the lab directory as first argument (default: .).`,
 		GroupID: groupLabs,
 	}
