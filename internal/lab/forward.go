@@ -37,14 +37,29 @@ func handoffPath() (string, error) {
 
 // claimForwarding is called before a bridged node's NAT rule goes in:
 // when forwarding is off, the lab records that it is about to turn it on.
-// It returns whether it did.
+// It returns whether it did. Forwarding found on with a hand-off note but
+// no rule in umlkit's NAT table means the note is stale (its last user
+// went without lab down, or umlkit net nat --remove took the last rule)
+// and forwarding is on for someone else now: the note goes, so that no
+// lab turns that off.
 func (l *Lab) claimForwarding() (bool, error) {
 	on, err := hostnet.IPForwarding()
 	if err != nil {
 		return false, fmt.Errorf("read net.ipv4.ip_forward: %w", err)
 	}
 	if on {
-		return false, nil
+		hp, err := handoffPath()
+		if err != nil {
+			return false, err
+		}
+		if _, err := os.Stat(hp); err != nil {
+			return false, nil
+		}
+		rules, err := hostnet.ListNAT()
+		if err != nil || len(rules) > 0 {
+			return false, err
+		}
+		return false, removeIfExists(hp)
 	}
 	note := "net.ipv4.ip_forward was 0; umlkit lab up turned it on for the lab's bridged nodes, and lab down turns it off again\n"
 	if err := os.WriteFile(l.forwardClaimPath(), []byte(note), 0o644); err != nil {

@@ -105,8 +105,12 @@ func TestForwardingOwnership(t *testing.T) {
 		t.Fatalf("after both labs down: ip_forward %s, hand-off %v; want 0 and no note", got, exists(hp))
 	}
 
-	// Forwarding the host had on before stays on.
+	// Forwarding the host had on before stays on, even with a stale
+	// hand-off note (one whose NAT rules are all gone).
 	umltest.Sh(t, ns, "echo 1 > "+forwardSysctl)
+	if err := os.WriteFile(hp, []byte("stale\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	umltest.InNetns(t, ns, func() {
 		if _, on, err := a.setupBridge("pc1"); err != nil || on {
 			t.Errorf("setupBridge with forwarding on = %v, %v; want it found on", on, err)
@@ -116,8 +120,8 @@ func TestForwardingOwnership(t *testing.T) {
 			t.Errorf("releaseForwarding of a lab that found forwarding on = %q, %v; want nothing done", msg, err)
 		}
 	})
-	if got := forwarding(); got != "1" {
-		t.Errorf("forwarding that was on before the lab: %s after it, want 1", got)
+	if got := forwarding(); got != "1" || exists(hp) {
+		t.Errorf("forwarding that was on before the lab: %s after it, hand-off note %v; want 1 and no note", got, exists(hp))
 	}
 	umltest.InNetns(t, ns, func() {
 		if rules, err := hostnet.ListNAT(); err != nil || len(rules) != 0 {
