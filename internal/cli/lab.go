@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -84,8 +85,9 @@ image; the lab directory is mounted in every node at /hostlab.
 pc1[bridged]=true also gives pc1 a link to the host after its lab.conf
 NICs: a TAP device (ul<lab id><index>), a /30 from 100.64.0.0/16 (host .1,
 node .2, default route through the host) and a masquerade so that it
-reaches the host's networks; it needs root (CAP_NET_ADMIN), and lab down,
-crash and clean remove the TAP and the rule.
+reaches the host's networks; it needs root (CAP_NET_ADMIN). lab down,
+crash and clean remove the TAP and the rule, and turn IPv4 forwarding off
+again if lab up turned it on and no other umlkit NAT rule needs it.
 Commands take the lab directory as first argument (default: .).`,
 		GroupID: groupLabs,
 	}
@@ -108,15 +110,41 @@ Commands take the lab directory as first argument (default: .).`,
 }
 
 func newLabUpCmd(stdio IO, f *labFlags) *cobra.Command {
-	var timeout time.Duration
+	var (
+		timeout       time.Duration
+		terms, noTerm bool
+	)
 	cmd := &cobra.Command{
 		Use:   "up [DIR] [NODE...]",
 		Short: "Start a lab (or some of its nodes); starts only what is not running",
+		Long: `Start a lab (or some of its nodes); starts only what is not running.
+
+Terminals: with $` + lab.EnvTerminal + ` set to a terminal emulator command
+(such as "xterm -e"), lab up opens the terminals lab.conf asks for
+(NODE[num_terms]=N) for each node it starts: the first attaches to the
+node's console (lab console), the others are shells (lab shell). Without it,
+lab up says which nodes asked and how to attach. --terminals opens
+num_terms (default 1) for every node started, as Kathara does;
+--no-terminals opens none.`,
 		Example: `  umlkit lab up examples/two-hosts
-  umlkit lab up examples/static-routing r1 r2`,
+  umlkit lab up examples/static-routing r1 r2
+  UMLKIT_TERMINAL='xterm -T "$UMLKIT_NODE" -e' umlkit lab up --terminals examples/ospf`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			nodes := f.dirAndNodes(args)
 			l, err := f.load(stdio, true)
+			if err != nil {
+				return err
+			}
+			mode := lab.TerminalsAuto
+			switch {
+			case terms && noTerm:
+				return errors.New("--terminals and --no-terminals: give one")
+			case terms:
+				mode = lab.TerminalsAll
+			case noTerm:
+				mode = lab.TerminalsNone
+			}
+			termCmd, err := lab.TerminalCommand(mode, os.Getenv, exec.LookPath)
 			if err != nil {
 				return err
 			}
@@ -124,6 +152,7 @@ func newLabUpCmd(stdio IO, f *labFlags) *cobra.Command {
 			o.Timeout = timeout
 			res, err := lab.Up(cmd.Context(), l, nodes, o)
 			failed := 0
+			var started []string
 			for _, r := range res {
 				if r.Err != nil || r.Startup != nil && *r.Startup != 0 {
 					failed++
@@ -131,9 +160,26 @@ func newLabUpCmd(stdio IO, f *labFlags) *cobra.Command {
 						fmt.Fprintf(stdio.Err, "--- %s: %s output:\n%s", r.Node, l.Node(r.Node).Startup, r.Output)
 					}
 				}
+				if r.Started && r.Err == nil {
+					started = append(started, r.Node)
+				}
 			}
 			if err != nil {
 				return err
+			}
+			plan := lab.PlanTerminals(l, started, mode, termCmd)
+			if plan.Hint != "" {
+				fmt.Fprintln(stdio.Err, plan.Hint)
+			}
+			if len(plan.Open) > 0 {
+				exe, err := os.Executable()
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(stdio.Err, "opening %d terminal(s) with %s\n", len(plan.Open), plan.Command)
+				if err := lab.OpenTerminals(l, plan, exe); err != nil {
+					fmt.Fprintf(stdio.Err, "warning: %v\n", err)
+				}
 			}
 			fmt.Fprintln(stdio.Out)
 			lab.FormatStatus(stdio.Out, lab.Status(cmd.Context(), l, true))
@@ -145,6 +191,8 @@ func newLabUpCmd(stdio IO, f *labFlags) *cobra.Command {
 		},
 	}
 	cmd.Flags().DurationVar(&timeout, "timeout", 120*time.Second, "boot `TIMEOUT` of each node")
+	cmd.Flags().BoolVar(&terms, "terminals", false, "open terminals for every node started: num_terms (default 1), with $"+lab.EnvTerminal)
+	cmd.Flags().BoolVar(&noTerm, "no-terminals", false, "open no terminals, even those lab.conf asks for")
 	return cmd
 }
 

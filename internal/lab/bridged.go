@@ -116,29 +116,38 @@ func (l *Lab) checkBridged(sel map[string]bool) error {
 }
 
 // setupBridge creates the node's TAP device with the host's address and
-// masquerades the node's /30 so that it reaches the host's networks. A
-// TAP left by a crash is replaced. On error nothing is left behind.
-func (l *Lab) setupBridge(node string) (bridgeLink, error) {
+// masquerades the node's /30 so that it reaches the host's networks,
+// turning on IPv4 forwarding; forwardingOn reports that it was off (the
+// lab records that it turned it on, see releaseForwarding). A TAP left by
+// a crash is replaced. On error nothing is left behind.
+func (l *Lab) setupBridge(node string) (bl bridgeLink, forwardingOn bool, err error) {
 	tap := l.TapName(node)
 	if _, err := hostnet.GetTap(tap); err == nil {
 		if err := teardownBridge(tap); err != nil {
-			return bridgeLink{}, err
+			return bridgeLink{}, false, err
 		}
 	}
 	network, err := l.pickSubnet(node)
 	if err != nil {
-		return bridgeLink{}, err
+		return bridgeLink{}, false, err
 	}
-	bl := linkOf(tap, network)
+	bl = linkOf(tap, network)
 	addr := &net.IPNet{IP: bl.Host, Mask: network.Mask}
 	if _, err := hostnet.CreateTap(tap, hostnet.TapOptions{Owner: os.Geteuid(), Group: -1, Addr: addr}); err != nil {
-		return bridgeLink{}, err
+		return bridgeLink{}, false, err
 	}
-	if err := hostnet.EnableNAT(network, ""); err != nil {
+	claimed, err := l.claimForwarding()
+	if err == nil {
+		err = hostnet.EnableNAT(network, "")
+	}
+	if err != nil {
+		if on, ferr := hostnet.IPForwarding(); claimed && ferr == nil && !on {
+			os.Remove(l.forwardClaimPath())
+		}
 		hostnet.DeleteTap(tap)
-		return bridgeLink{}, err
+		return bridgeLink{}, false, err
 	}
-	return bl, nil
+	return bl, claimed, nil
 }
 
 // bridgeOf reads the node's link from its TAP device.

@@ -105,7 +105,8 @@ func TestBridgedNeedsNetAdmin(t *testing.T) {
 // namespace of its own, whose "host" has an uplink to a second namespace
 // that has no route back to the node's /30: pc1 reaches the host end of its
 // TAP and, through the masquerade only, the far namespace; lab down, crash
-// and clean leave no TAP device or nftables table behind.
+// and clean leave no TAP device or nftables table behind, and turn off the
+// forwarding that lab up turned on.
 func TestKernelBridged(t *testing.T) {
 	umltest.Kernel(t)
 	bin := umltest.Umlkit(t)
@@ -115,6 +116,11 @@ func TestKernelBridged(t *testing.T) {
 	umltest.Sh(t, ns, "ip link add up0 type veth peer name wan0 netns "+far+
 		" && ip addr add 10.99.0.1/24 dev up0 && ip link set up0 up")
 	umltest.Sh(t, far, "ip addr add 10.99.0.2/24 dev wan0 && ip link set wan0 up")
+	// Forwarding off, as on a host that does not route: lab up turns it
+	// on, lab down and crash turn it off again. (A new namespace inherits
+	// the host's setting.)
+	umltest.Sh(t, ns, "echo 0 > "+forwardSysctl)
+	forwarding := func() string { return strings.TrimSpace(umltest.Sh(t, ns, "cat "+forwardSysctl)) }
 	dir := copyLab(t, "bridged")
 	l, err := Load(dir)
 	if err != nil {
@@ -153,8 +159,11 @@ func TestKernelBridged(t *testing.T) {
 	}
 
 	out, code := run("lab", "up", dir)
-	if code != 0 || !strings.Contains(out, "pc1: eth1 bridged to the host through "+tap) {
+	if code != 0 || !strings.Contains(out, "pc1: eth1 bridged to the host through "+tap) || !strings.Contains(out, "ip_forward turned on") {
 		t.Fatalf("lab up = %d:\n%s", code, out)
+	}
+	if got := forwarding(); got != "1" {
+		t.Errorf("after lab up: net.ipv4.ip_forward = %s, want 1", got)
 	}
 	out, code = run("lab", "status", dir, "--json")
 	var st struct {
@@ -195,11 +204,14 @@ func TestKernelBridged(t *testing.T) {
 	if out, code := run("lab", "exec", dir, "pc1", "--", "sh", "-c", "ip route add default via 10.0.0.2 && ip route get 10.99.0.2"); code != 0 || !strings.Contains(out, "via 10.0.0.2") {
 		t.Errorf("pc1: own default route = %d, want it added and used:\n%s", code, out)
 	}
-	if out, code := run("lab", "down", dir); code != 0 {
+	if out, code := run("lab", "down", dir); code != 0 || !strings.Contains(out, "ip_forward off again") {
 		t.Errorf("lab down = %d:\n%s", code, out)
 	}
 	if left := leftovers(); len(left) > 0 {
 		t.Errorf("after lab down: %s remain", strings.Join(left, ", "))
+	}
+	if got := forwarding(); got != "0" {
+		t.Errorf("after lab down: net.ipv4.ip_forward = %s, want 0 again", got)
 	}
 
 	// A crash takes the TAP and the rule too.
@@ -214,6 +226,9 @@ func TestKernelBridged(t *testing.T) {
 	}
 	if left := leftovers(); len(left) > 0 {
 		t.Errorf("after lab crash: %s remain", strings.Join(left, ", "))
+	}
+	if got := forwarding(); got != "0" {
+		t.Errorf("after lab crash: net.ipv4.ip_forward = %s, want 0 again", got)
 	}
 
 	// Clean removes a TAP of the lab's that nothing else removed (a node

@@ -56,10 +56,10 @@ type Node struct {
 	Image      string      `json:"image,omitempty"`
 	Bridged    bool        `json:"bridged,omitempty"`
 	IPv6       *bool       `json:"ipv6,omitempty"`
-	Sysctls    []string    `json:"sysctls,omitempty"` // KEY=VALUE
-	Env        []string    `json:"env,omitempty"`     // NAME=VALUE
-	NumTerms   int         `json:"num_terms,omitempty"`
-	Line       int         `json:"-"` // first mention in lab.conf, 0 if none
+	Sysctls    []string    `json:"sysctls,omitempty"`   // KEY=VALUE
+	Env        []string    `json:"env,omitempty"`       // NAME=VALUE
+	NumTerms   *int        `json:"num_terms,omitempty"` // terminals to open at start; nil when lab.conf does not say
+	Line       int         `json:"-"`                   // first mention in lab.conf, 0 if none
 
 	// Files of the lab directory that belong to the node ("" when absent),
 	// relative to the lab directory.
@@ -265,7 +265,7 @@ func setOption(nd *Node, opt, val string, perr func(string, ...any) error, warn 
 		if err != nil || t < 0 || t > 16 {
 			return perr("%s[num_terms]=%q: want a number of terminals from 0 to 16", nd.Name, val)
 		}
-		nd.NumTerms = t
+		nd.NumTerms = &t
 	default:
 		if what, ok := ignoredOptions[opt]; ok {
 			warn("%s[%s]: umlkit has no %s; ignored", nd.Name, opt, what)

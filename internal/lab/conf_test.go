@@ -78,7 +78,7 @@ LAB_AUTHOR='someone # not a comment'
 	if len(n.Interfaces) != 2 || n.Interfaces[0].Domain != "A" || n.Interfaces[1].Domain != "B" || n.Interfaces[1].MAC != "02:aa:bb:00:00:01" {
 		t.Errorf("interfaces = %+v, want A and B with 02:aa:bb:00:00:01", n.Interfaces)
 	}
-	if n.Mem != 128 || n.IPv6 == nil || *n.IPv6 || !n.Bridged || n.NumTerms != 0 {
+	if n.Mem != 128 || n.IPv6 == nil || *n.IPv6 || !n.Bridged || n.NumTerms == nil || *n.NumTerms != 0 {
 		t.Errorf("options = %+v", n)
 	}
 	if strings.Join(n.Sysctls, " ") != "net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0" || strings.Join(n.Env, " ") != "A=b c" {

@@ -307,7 +307,7 @@ func (l *Lab) upNode(ctx context.Context, n *Node, prepared bool, exe string, re
 	}
 	if n.Bridged {
 		// After the lab.conf NICs, so that eth0.. stay as the lab says.
-		bl, err := l.setupBridge(n.Name)
+		bl, fwd, err := l.setupBridge(n.Name)
 		if err != nil {
 			r.Err = fmt.Errorf("device %s: connect it to the host: %w", n.Name, err)
 			o.progress("%s: failed: %v", n.Name, r.Err)
@@ -316,6 +316,9 @@ func (l *Lab) upNode(ctx context.Context, n *Node, prepared bool, exe string, re
 		k := len(n.Interfaces)
 		args = append(args, fmt.Sprintf("eth%d=tuntap,%s,%s", k, bl.Tap, l.MAC(n.Name, k)))
 		o.progress("%s: eth%d bridged to the host through %s (host %s, node %s)", n.Name, k, bl.Tap, bl.Host, bl.Guest)
+		if fwd {
+			o.progress("host: net.ipv4.ip_forward turned on for bridged nodes (lab down turns it off again)")
+		}
 	}
 	timeout := o.Timeout
 	if timeout == 0 {
@@ -555,13 +558,19 @@ func (l *Lab) stop(ctx context.Context, names []string, wipe, crash bool, o Opti
 		}
 	}
 	l.writeState(state)
-	// A bridged node's TAP and NAT rule go with it, after a crash too.
-	for name := range sel {
-		if l.Node(name).Bridged && !live(name) {
-			if err := teardownBridge(l.TapName(name)); err != nil {
-				errs = append(errs, fmt.Errorf("device %s: %w", name, err))
+	// A bridged node's TAP and NAT rule go with it, after a crash too;
+	// forwarding with the lab's last bridged node.
+	bridgedLive := false
+	for _, n := range l.Nodes {
+		if !n.Bridged {
+			continue
+		}
+		if sel[n.Name] && !live(n.Name) {
+			if err := teardownBridge(l.TapName(n.Name)); err != nil {
+				errs = append(errs, fmt.Errorf("device %s: %w", n.Name, err))
 			}
 		}
+		bridgedLive = bridgedLive || live(n.Name)
 	}
 	anyLive := false
 	for _, n := range l.Nodes {
@@ -585,6 +594,15 @@ func (l *Lab) stop(ctx context.Context, names []string, wipe, crash bool, o Opti
 		wg.Wait()
 		os.RemoveAll(l.RunDir())
 		if err := l.sweepBridges(live); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if !bridgedLive && l.usesBridges() {
+		msg, err := l.releaseForwarding()
+		if msg != "" {
+			o.progress("%s", msg)
+		}
+		if err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -634,8 +652,12 @@ func Clean(ctx context.Context, l *Lab) error {
 	os.RemoveAll(l.RunDir())
 	os.RemoveAll(filepath.Join(l.Dir, "_test", "results"))
 	bridgeErr := l.sweepBridges(func(string) bool { return false })
+	var fwdErr error
+	if l.usesBridges() {
+		_, fwdErr = l.releaseForwarding()
+	}
 	unlock()
-	return errors.Join(bridgeErr, os.RemoveAll(l.StateDir()))
+	return errors.Join(bridgeErr, fwdErr, os.RemoveAll(l.StateDir()))
 }
 
 // NodeStatus is a node as Status reports it.
