@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"time"
 )
 
@@ -32,12 +33,19 @@ type mgmtResponse struct {
 }
 
 // ListenManagement serves the management protocol on path (mode 0600
-// unless o says otherwise). Client talks to it.
+// unless o says otherwise). Client talks to it. A hub mode changed through
+// it is kept in PATH.state, so that a switch started again with the same
+// Config.Hub (after a crash or for an upgrade) comes back in the mode it
+// was left in; started with another Config.Hub, the new setting wins.
 func (s *Switch) ListenManagement(path string, o ListenOptions) error {
 	ln, err := listenUnix("unix", path, o)
 	if err != nil {
 		return err
 	}
+	s.mu.Lock()
+	s.stateFile = path + ".state"
+	s.mu.Unlock()
+	s.restoreState()
 	if err := s.addCloser(ln); err != nil {
 		ln.Close()
 		return err
@@ -81,6 +89,7 @@ func (s *Switch) serveManagement(c *net.UnixConn) {
 			err = s.SetVLAN(req.Port, req.VLAN, req.Trunk)
 		case "hub":
 			s.SetHub(req.On)
+			s.saveState()
 		case "disconnect":
 			err = s.Disconnect(req.Port)
 		case "capture":
@@ -264,5 +273,48 @@ func copyPcap(w io.Writer, r io.Reader) error {
 		if _, err := w.Write(buf[:16+n]); err != nil {
 			return err
 		}
+	}
+}
+
+// switchState is what a restarted switch takes back from PATH.state.
+type switchState struct {
+	Configured bool `json:"configured_hub"` // Config.Hub when it was saved
+	Hub        bool `json:"hub"`
+}
+
+func (s *Switch) saveState() {
+	s.mu.Lock()
+	path := s.stateFile
+	s.mu.Unlock()
+	if path == "" {
+		return
+	}
+	b, _ := json.Marshal(switchState{Configured: s.cfg.Hub, Hub: s.Hub()})
+	tmp := path + ".tmp"
+	err := os.WriteFile(tmp, append(b, '\n'), 0o600)
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		s.warn.warn("state", "cannot save the switch's state: a restarted switch will start in its configured mode", "file", path, "err", err)
+	}
+}
+
+func (s *Switch) restoreState() {
+	s.mu.Lock()
+	path := s.stateFile
+	s.mu.Unlock()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return
+	}
+	var st switchState
+	if err := json.Unmarshal(b, &st); err != nil {
+		s.warn.warn("state", "switch state unreadable: starting in the configured mode", "file", path, "err", err)
+		return
+	}
+	if st.Configured == s.cfg.Hub && st.Hub != s.Hub() {
+		s.SetHub(st.Hub)
+		s.log.Info("mode restored", "hub", st.Hub, "file", path)
 	}
 }

@@ -114,6 +114,7 @@ type Switch struct {
 	floodDrop atomic.Uint64
 	keeper    *keeperClient // UseKeeper
 	kept      []keptConn    // what the keeper held, not yet taken back
+	stateFile string        // ListenManagement's PATH.state
 
 	done chan struct{}
 	wg   sync.WaitGroup

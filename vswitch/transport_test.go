@@ -567,3 +567,45 @@ func TestKeeperReapTAP(t *testing.T) {
 		t.Fatalf("held %v after reap(true), want nothing", k.held)
 	}
 }
+
+// A hub mode changed through management comes back after a restart with
+// the same configuration; a restart configured otherwise takes the new
+// setting.
+func TestHubModeRestart(t *testing.T) {
+	mgmt := filepath.Join(shortDir(t), "mgmt")
+	start := func(hub bool) *Switch {
+		t.Helper()
+		s := New(Config{Hub: hub})
+		if err := s.ListenManagement(mgmt, ListenOptions{GID: -1}); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	cl := &Client{Path: mgmt}
+	s := start(false)
+	if err := cl.SetHub(true); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s = start(false)
+	if !s.Hub() {
+		t.Errorf("switch restarted with the same configuration is not a hub; it was switched to hub mode before")
+	}
+	if err := cl.SetHub(false); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s = start(true) // configured as a hub: the saved state was for a switch configured otherwise
+	if !s.Hub() {
+		t.Errorf("switch configured as a hub is not one: the state saved under another configuration won")
+	}
+	if err := cl.SetHub(false); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s = start(true)
+	defer s.Close()
+	if s.Hub() {
+		t.Errorf("switch restarted with --hub came back as a hub; it was switched off before the restart")
+	}
+}
