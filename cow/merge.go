@@ -71,7 +71,7 @@ func Merge(ctx context.Context, d *Disk, out string, opts MergeOptions) (err err
 			os.Remove(name)
 		}
 	}()
-	if err := copyDisk(ctx, d, f, size, opts.Progress); err != nil {
+	if err := copyDisk(ctx, d, f, size, opts.Progress, !opts.NoSync); err != nil {
 		return fmt.Errorf("merge %s into %s: %w", d.path, out, err)
 	}
 	if err := f.Truncate(size); err != nil {
