@@ -178,8 +178,8 @@ type merger struct {
 
 // writebackStep is how often a merge that ends in fsync starts the
 // writeback of what it wrote: the disk then works while the merge goes
-// on, and the final fsync has little left to wait for.
-const writebackStep = 32 << 20
+// on, and the final fsync has little left to wait for. Tests change it.
+var writebackStep int64 = 32 << 20
 
 // copyDisk copies d[0:size) to out, a new empty file, leaving zero blocks
 // and the backing file's holes unwritten. With writeback it starts

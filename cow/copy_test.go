@@ -16,17 +16,18 @@ import (
 )
 
 // mergeModes are the ways copyDisk can get at the sources: mapped (with
-// windows of the normal size, or of two pieces so that they move often),
-// read with pread, or mapped until mmap fails and then read.
+// windows of the normal size, or of two pieces so that they move often,
+// and writeback started every piece), read with pread, or mapped until
+// mmap fails and then read.
 var mergeModes = []struct {
 	name  string
 	setup func(t *testing.T)
 }{
 	{"mapped", func(t *testing.T) {}},
-	{"small windows", func(t *testing.T) {
-		old := windowSize
-		windowSize = 2 * pieceSize
-		t.Cleanup(func() { windowSize = old })
+	{"small steps", func(t *testing.T) {
+		oldWin, oldStep := windowSize, writebackStep
+		windowSize, writebackStep = 2*pieceSize, pieceSize
+		t.Cleanup(func() { windowSize, writebackStep = oldWin, oldStep })
 	}},
 	{"read", func(t *testing.T) {
 		forceRead = true
