@@ -240,10 +240,7 @@ func copyDisk(ctx context.Context, d *Disk, out *os.File, size int64, progress f
 			off += n
 		}
 		if writeback && off-started >= writebackStep {
-			// Only a hint: where it fails, fsync still writes it all.
-			if unix.SyncFileRange(int(out.Fd()), started, off-started, unix.SYNC_FILE_RANGE_WRITE) != nil {
-				writeback = false
-			}
+			writeback = startWriteback(out, started, off-started)
 			started = off
 		}
 		if progress != nil {
@@ -254,6 +251,13 @@ func copyDisk(ctx context.Context, d *Disk, out *os.File, size int64, progress f
 }
 
 var errMapFailed = errors.New("map failed")
+
+// startWriteback starts writing out n bytes of f at off, without waiting.
+// It is only a hint (fsync still writes everything); false means the file
+// system does not take it.
+func startWriteback(f *os.File, off, n int64) bool {
+	return unix.SyncFileRange(int(f.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE) == nil
+}
 
 // skip returns where the next piece with data starts, when the pieces
 // from off on are clear in the bitmap and holes in the backing file

@@ -401,3 +401,37 @@ func TestMergeCancel(t *testing.T) {
 		t.Errorf("files left behind: %v", ms)
 	}
 }
+
+// A merge into the backing file that starts writeback as it goes (here
+// every 4 KiB) gives the same backing file.
+func TestMergeIntoBackingWriteback(t *testing.T) {
+	old := writebackStep
+	writebackStep = blockSize
+	t.Cleanup(func() { writebackStep = old })
+	dir := t.TempDir()
+	back, model := newBacking(t, dir, 1<<20)
+	cp := filepath.Join(dir, "w.cow")
+	if _, err := Create(cp, back, CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := Open(cp, OpenOptions{Write: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewSource(5))
+	for _, r := range []Range{{512, 512}, {8192, 300 << 10}, {600 << 10, 5000}, {1<<20 - 4096, 4096}} {
+		p := make([]byte, r.Len)
+		rng.Read(p)
+		if _, err := d.WriteAt(p, r.Off); err != nil {
+			t.Fatal(err)
+		}
+		copy(model[r.Off:], p)
+	}
+	d.Close()
+	if err := MergeIntoBacking(context.Background(), cp, IntoBackingOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(back); !bytes.Equal(got, model) {
+		t.Fatal("backing file after MergeIntoBacking differs from the model")
+	}
+}

@@ -212,6 +212,10 @@ func copyIntoBacking(ctx context.Context, d *Disk, progress func(done, total int
 	}
 	buf := make([]byte, chunkSize)
 	old := make([]byte, chunkSize)
+	// Writeback of what went into the backing file is started every
+	// writebackStep bytes, so the final fsync has little left to wait for.
+	writeback := true
+	var pendingFrom, pending int64
 	for _, r := range ranges {
 		for off := r.Off; off < r.Off+r.Len; off += chunkSize {
 			if err := ctx.Err(); err != nil {
@@ -224,6 +228,13 @@ func copyIntoBacking(ctx context.Context, d *Disk, progress func(done, total int
 			}
 			if err := writeOver(d.back, b, old[:n], off); err != nil {
 				return err
+			}
+			if pending == 0 {
+				pendingFrom = off
+			}
+			if pending += int64(n); writeback && pending >= writebackStep {
+				writeback = startWriteback(d.back, pendingFrom, off+int64(n)-pendingFrom)
+				pending = 0
 			}
 			done += int64(n)
 			if progress != nil {
