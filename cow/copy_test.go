@@ -268,7 +268,7 @@ func TestMergeV2(t *testing.T) {
 	bitmap := make([]byte, h.BitmapLen())
 	data := make([]byte, size)
 	rng := rand.New(rand.NewSource(2))
-	for _, r := range []Range{{512, 512}, {8192, 70 << 10}, {1<<20 - 512, 4096 + 1024}, {size - 1536, 1536}} {
+	for _, r := range []Range{{512, 512}, {8192, 70 << 10}, {256 << 10, 2 * pieceSize}, {1<<20 - 512, 4096 + 1024}, {size - 1536, 1536}} {
 		rng.Read(data[r.Off : r.Off+r.Len])
 		copy(model[r.Off:], data[r.Off:r.Off+r.Len])
 		for s := r.Off / 512; s < (r.Off+r.Len)/512; s++ {
