@@ -3,9 +3,7 @@ package cow
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -13,7 +11,8 @@ import (
 	"syscall"
 )
 
-// Merges move data in sequential pieces; zero blocks become holes.
+// In-place merges and rebases move data in sequential chunks; zero
+// blocks become holes.
 const (
 	chunkSize = 128 << 10
 	blockSize = 4096 // holes are made at file system block granularity
@@ -72,7 +71,7 @@ func Merge(ctx context.Context, d *Disk, out string, opts MergeOptions) (err err
 			os.Remove(name)
 		}
 	}()
-	if err := copyDisk(ctx, d, f, size, opts.Progress); err != nil {
+	if err := copyDisk(ctx, d, f, size, opts.Progress, !opts.NoSync); err != nil {
 		return fmt.Errorf("merge %s into %s: %w", d.path, out, err)
 	}
 	if err := f.Truncate(size); err != nil {
@@ -96,58 +95,6 @@ func Merge(ctx context.Context, d *Disk, out string, opts MergeOptions) (err err
 	if !opts.Direct {
 		if err := os.Rename(name, out); err != nil {
 			return fmt.Errorf("merge %s: %w", d.path, err)
-		}
-	}
-	return nil
-}
-
-// copyDisk copies d[0:size) to out, leaving zero blocks as holes: read a
-// piece, scan it, write its non-zero runs, as cp --sparse=always does.
-// Pieces stay in the CPU cache from the read to the write. (Measured on
-// this 2-core VM: overlapping reads and writes in two goroutines, larger
-// pieces, and mapping the files were all slower.)
-func copyDisk(ctx context.Context, d *Disk, out *os.File, size int64, progress func(done, total int64)) error {
-	d.mu.RLock()
-	defer d.mu.RUnlock()
-	buf := make([]byte, chunkSize)
-	for off := int64(0); off < size; off += chunkSize {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		n := min(chunkSize, size-off)
-		if _, err := d.readAt(d.bitmap, buf[:n], off); err != nil && !errors.Is(err, io.EOF) {
-			return err
-		}
-		if err := writeSparse(out, buf[:n], off); err != nil {
-			return err
-		}
-		if progress != nil {
-			progress(off+n, size)
-		}
-	}
-	return nil
-}
-
-// writeSparse writes the non-zero blocks of b at off, leaving zero blocks
-// unwritten (holes in a new file). off must be block-aligned.
-func writeSparse(f *os.File, b []byte, off int64) error {
-	start := -1 // start of the current run of non-zero blocks
-	for i := 0; i < len(b); i += blockSize {
-		end := min(i+blockSize, len(b))
-		zero := bytes.Equal(b[i:end], zeroBlock[:end-i])
-		switch {
-		case !zero && start < 0:
-			start = i
-		case zero && start >= 0:
-			if _, err := f.WriteAt(b[start:i], off+int64(start)); err != nil {
-				return err
-			}
-			start = -1
-		}
-	}
-	if start >= 0 {
-		if _, err := f.WriteAt(b[start:], off+int64(start)); err != nil {
-			return err
 		}
 	}
 	return nil
@@ -265,6 +212,10 @@ func copyIntoBacking(ctx context.Context, d *Disk, progress func(done, total int
 	}
 	buf := make([]byte, chunkSize)
 	old := make([]byte, chunkSize)
+	// Writeback of what went into the backing file is started every
+	// writebackStep bytes, so the final fsync has little left to wait for.
+	writeback := true
+	var pendingFrom, pending int64
 	for _, r := range ranges {
 		for off := r.Off; off < r.Off+r.Len; off += chunkSize {
 			if err := ctx.Err(); err != nil {
@@ -277,6 +228,13 @@ func copyIntoBacking(ctx context.Context, d *Disk, progress func(done, total int
 			}
 			if err := writeOver(d.back, b, old[:n], off); err != nil {
 				return err
+			}
+			if pending == 0 {
+				pendingFrom = off
+			}
+			if pending += int64(n); writeback && pending >= writebackStep {
+				writeback = startWriteback(d.back, pendingFrom, off+int64(n)-pendingFrom)
+				pending = 0
 			}
 			done += int64(n)
 			if progress != nil {
