@@ -146,14 +146,7 @@ func TestMergeSparseBacking(t *testing.T) {
 		t.Fatal("the test's backing file has no holes: this file system cannot run the test")
 	}
 	disk := append(model, make([]byte, 512-100)...) // the disk rounds up to a sector
-	cp := filepath.Join(dir, "s.cow")
-	if _, err := Create(cp, back, CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	d, err := Open(cp, OpenOptions{Write: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cp, d := createOpen(t, dir, "s.cow", back, true)
 	rng := rand.New(rand.NewSource(7))
 	write := func(off int64, n int, zero bool) {
 		p := make([]byte, n)
@@ -214,14 +207,7 @@ func TestMergeFullCOW(t *testing.T) {
 	dir := t.TempDir()
 	const size = 3<<20 + 5*512
 	back, _ := newBacking(t, dir, size)
-	cp := filepath.Join(dir, "f.cow")
-	if _, err := Create(cp, back, CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	d, err := Open(cp, OpenOptions{Write: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cp, d := createOpen(t, dir, "f.cow", back, true)
 	disk := make([]byte, size)
 	rand.New(rand.NewSource(3)).Read(disk)
 	clear(disk[1<<20 : 1<<20+3*blockSize])
@@ -345,18 +331,10 @@ func TestMergeTruncatedCOW(t *testing.T) {
 func TestMergeBackingShrinks(t *testing.T) {
 	dir := t.TempDir()
 	back, _ := newBacking(t, dir, 4<<20)
-	cp := filepath.Join(dir, "x.cow")
-	if _, err := Create(cp, back, CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	d, err := Open(cp, OpenOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	_, d := createOpen(t, dir, "x.cow", back, false)
 	out := filepath.Join(dir, "out.img")
 	truncated := false
-	err = Merge(context.Background(), d, out, MergeOptions{Progress: func(done, total int64) {
+	err := Merge(context.Background(), d, out, MergeOptions{Progress: func(done, total int64) {
 		if !truncated {
 			truncated = true
 			if err := os.Truncate(back, 0); err != nil {
@@ -376,19 +354,11 @@ func TestMergeBackingShrinks(t *testing.T) {
 func TestMergeCancel(t *testing.T) {
 	dir := t.TempDir()
 	back, _ := newBacking(t, dir, 4<<20)
-	cp := filepath.Join(dir, "c.cow")
-	if _, err := Create(cp, back, CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	d, err := Open(cp, OpenOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	_, d := createOpen(t, dir, "c.cow", back, false)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	out := filepath.Join(dir, "out.img")
-	err = Merge(ctx, d, out, MergeOptions{Progress: func(done, total int64) {
+	err := Merge(ctx, d, out, MergeOptions{Progress: func(done, total int64) {
 		if done >= total {
 			t.Error("the merge ran to the end after its context was cancelled")
 		}
@@ -410,14 +380,7 @@ func TestMergeIntoBackingWriteback(t *testing.T) {
 	t.Cleanup(func() { writebackStep = old })
 	dir := t.TempDir()
 	back, model := newBacking(t, dir, 1<<20)
-	cp := filepath.Join(dir, "w.cow")
-	if _, err := Create(cp, back, CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	d, err := Open(cp, OpenOptions{Write: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cp, d := createOpen(t, dir, "w.cow", back, true)
 	rng := rand.New(rand.NewSource(5))
 	for _, r := range []Range{{512, 512}, {8192, 300 << 10}, {600 << 10, 5000}, {1<<20 - 4096, 4096}} {
 		p := make([]byte, r.Len)
@@ -434,4 +397,20 @@ func TestMergeIntoBackingWriteback(t *testing.T) {
 	if got, _ := os.ReadFile(back); !bytes.Equal(got, model) {
 		t.Fatal("backing file after MergeIntoBacking differs from the model")
 	}
+}
+
+// createOpen creates the COW file name in dir over back and opens it
+// (for writing when write), closing it when the test ends.
+func createOpen(t *testing.T, dir, name, back string, write bool) (string, *Disk) {
+	t.Helper()
+	cp := filepath.Join(dir, name)
+	if _, err := Create(cp, back, CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := Open(cp, OpenOptions{Write: write})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return cp, d
 }
