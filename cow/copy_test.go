@@ -216,21 +216,7 @@ func TestMergeFullCOW(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.Close()
-	for _, mode := range mergeModes {
-		t.Run(mode.name, func(t *testing.T) {
-			mode.setup(t)
-			d, err := Open(cp, OpenOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer d.Close()
-			out := filepath.Join(t.TempDir(), "out.img")
-			if err := Merge(context.Background(), d, out, MergeOptions{NoSync: true}); err != nil {
-				t.Fatal(err)
-			}
-			checkImage(t, out, disk)
-		})
-	}
+	mergeEachMode(t, cp, disk, nil)
 }
 
 // A version 2 COW file keeps its data at a 512-byte (not page) aligned
@@ -269,6 +255,18 @@ func TestMergeV2(t *testing.T) {
 	if err := os.WriteFile(cp, file, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	mergeEachMode(t, cp, model, func(t *testing.T, d *Disk) {
+		if v := d.Header().Version; v != 2 {
+			t.Fatalf("opened as version %d, want 2", v)
+		}
+	})
+}
+
+// mergeEachMode merges the COW file cp into a new image in each of
+// mergeModes and checks the image holds want; check, when set, looks at
+// the opened disk first.
+func mergeEachMode(t *testing.T, cp string, want []byte, check func(*testing.T, *Disk)) {
+	t.Helper()
 	for _, mode := range mergeModes {
 		t.Run(mode.name, func(t *testing.T) {
 			mode.setup(t)
@@ -277,14 +275,14 @@ func TestMergeV2(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer d.Close()
-			if v := d.Header().Version; v != 2 {
-				t.Fatalf("opened as version %d, want 2", v)
+			if check != nil {
+				check(t, d)
 			}
 			out := filepath.Join(t.TempDir(), "out.img")
 			if err := Merge(context.Background(), d, out, MergeOptions{NoSync: true}); err != nil {
 				t.Fatal(err)
 			}
-			checkImage(t, out, model)
+			checkImage(t, out, want)
 		})
 	}
 }
