@@ -215,7 +215,7 @@ func copyDisk(ctx context.Context, d *Disk, out *os.File, size int64, progress f
 		defer func() {
 			if r := recover(); r != nil {
 				if f, ok := r.(interface{ Addr() uintptr }); ok && (m.back.holds(f.Addr()) || m.cow.holds(f.Addr())) {
-					err = fmt.Errorf("read %s or %s: a file shrank during the merge", d.path, d.backingPath)
+					err = fmt.Errorf("merge %s: it or its backing file %s shrank during the merge (is something else writing them?); nothing was written to the output, merge again once they are left alone", d.path, d.backingPath)
 					return
 				}
 				panic(r)
