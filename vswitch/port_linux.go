@@ -61,6 +61,7 @@ type port struct {
 	rxiov  []unix.Iovec
 	rxN    int
 	rxErr  unix.Errno
+	stop   string // why the port ends, set by recv
 	recvFn func(uintptr) bool
 	outs   []out   // this batch's forwarding decisions
 	qs     []*port // the distinct egress ports in outs
@@ -270,27 +271,45 @@ func setIov(iov []unix.Iovec, f *frame, tagged bool) int {
 	}
 }
 
+// recv is the reader's RawConn.Read callback: it receives and forwards
+// batches until the queue is empty (false: wait for the poller) or the
+// port must end (true, with p.stop saying why). Forwarding inside the
+// callback lets a short batch, which means the queue was empty, go
+// straight to the poller instead of making a receive call that would
+// find nothing: within one RawConn.Read the poller keeps any arrival
+// since, so no frame waits for the next one.
 func (p *port) recv(fd uintptr) bool {
-	if p.tap {
-		f := p.rx[0]
-		r, _, e := unix.Syscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&f.buf[0])), uintptr(len(f.buf)))
-		if e == unix.EAGAIN {
+	for {
+		if p.closed.Load() {
+			p.stop = "closed"
+			return true
+		}
+		if p.tap {
+			f := p.rx[0]
+			r, _, e := unix.Syscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&f.buf[0])), uintptr(len(f.buf)))
+			if e == unix.EAGAIN {
+				return false
+			}
+			p.rxmsgs[0].Len = uint32(r)
+			p.rxmsgs[0].Hdr.Flags = 0
+			p.rxN, p.rxErr = 1, e
+			if e != 0 {
+				p.rxN = 0
+			}
+		} else {
+			r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&p.rxmsgs[0])), uintptr(len(p.rxmsgs)), unix.MSG_DONTWAIT, 0, 0)
+			if e == unix.EAGAIN {
+				return false
+			}
+			p.rxN, p.rxErr = int(r), e
+		}
+		if p.stop = p.handle(); p.stop != "" {
+			return true
+		}
+		if p.rxErr == 0 && !p.tap && p.rxN < len(p.rxmsgs) {
 			return false
 		}
-		p.rxmsgs[0].Len = uint32(r)
-		p.rxmsgs[0].Hdr.Flags = 0
-		p.rxN, p.rxErr = 1, e
-		if e != 0 {
-			p.rxN = 0
-		}
-		return true
 	}
-	r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&p.rxmsgs[0])), uintptr(len(p.rxmsgs)), unix.MSG_DONTWAIT, 0, 0)
-	if e == unix.EAGAIN {
-		return false
-	}
-	p.rxN, p.rxErr = int(r), e
-	return true
 }
 
 func (p *port) readLoop() {
@@ -306,56 +325,59 @@ func (p *port) readLoop() {
 			}
 			return
 		}
-		switch p.rxErr {
-		case 0:
-		case unix.ECONNREFUSED, unix.ECONNRESET, unix.ENOTCONN:
-			if p.whenGone {
-				reason = "client gone"
-				return
-			}
-			continue
-		case unix.EINTR, unix.ENOBUFS, unix.ENOMEM:
-			// Transient: a datagram peer that went away and may come
-			// back (the control stream decides when the port ends).
-			continue
-		default:
-			reason = "receive: " + p.rxErr.Error()
-			return
-		}
-		ok := true
-		n := 0
-		for ; n < p.rxN && ok; n++ {
-			m := &p.rxmsgs[n]
-			f := p.rx[n]
-			f.n = int(m.Len)
-			if f.n == 0 && p.seqpacket {
-				reason = "peer closed the connection"
-				ok = false
-				break
-			}
-			if m.Hdr.Flags&unix.MSG_TRUNC != 0 {
-				p.rxDrops.Add(1)
-				p.s.warn.warn("oversize", "frame larger than the switch's maximum: dropped", "port", p.id, "peer", p.peer, "max", p.s.cfg.MaxFrame)
-				m.Hdr.Flags = 0
-				continue
-			}
-			if !p.s.input(p, f) {
-				reason = "malformed frame"
-				ok = false
-			}
-		}
-		p.flush()
-		for i := 0; i < n; i++ {
-			if f := p.rx[i]; f.refs.Load() != 1 {
-				f.release()
-				p.rx[i] = p.s.pool.get()
-				p.setRx(i)
-			}
-		}
-		if !ok {
+		if p.stop != "" {
+			reason = p.stop
 			return
 		}
 	}
+}
+
+// handle forwards what the last receive got, and returns why the port
+// must end, or "".
+func (p *port) handle() string {
+	switch p.rxErr {
+	case 0:
+	case unix.ECONNREFUSED, unix.ECONNRESET, unix.ENOTCONN:
+		if p.whenGone {
+			return "client gone"
+		}
+		return ""
+	case unix.EINTR, unix.ENOBUFS, unix.ENOMEM:
+		// Transient: a datagram peer that went away and may come
+		// back (the control stream decides when the port ends).
+		return ""
+	default:
+		return "receive: " + p.rxErr.Error()
+	}
+	stop := ""
+	n := 0
+	for ; n < p.rxN && stop == ""; n++ {
+		m := &p.rxmsgs[n]
+		f := p.rx[n]
+		f.n = int(m.Len)
+		if f.n == 0 && p.seqpacket {
+			stop = "peer closed the connection"
+			break
+		}
+		if m.Hdr.Flags&unix.MSG_TRUNC != 0 {
+			p.rxDrops.Add(1)
+			p.s.warn.warn("oversize", "frame larger than the switch's maximum: dropped", "port", p.id, "peer", p.peer, "max", p.s.cfg.MaxFrame)
+			m.Hdr.Flags = 0
+			continue
+		}
+		if !p.s.input(p, f) {
+			stop = "malformed frame"
+		}
+	}
+	p.flush()
+	for i := 0; i < n; i++ {
+		if f := p.rx[i]; f.refs.Load() != 1 {
+			f.release()
+			p.rx[i] = p.s.pool.get()
+			p.setRx(i)
+		}
+	}
+	return stop
 }
 
 // out is one forwarding decision: frame f leaves through port q.
