@@ -230,7 +230,7 @@ type keeperClient struct {
 func dialKeeper(path string, warn *rateLog) (*keeperClient, error) {
 	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
 	if err != nil {
-		return nil, fmt.Errorf("keeper %s: %w", path, err)
+		return nil, fmt.Errorf("keeper %s: %w (umlkit switch starts its keeper unless --no-keeper; `umlkit switch keeper --sock %s` runs one by hand)", path, err, path)
 	}
 	return &keeperClient{c: c, path: path, next: 1, warn: warn}, nil
 }
@@ -402,6 +402,19 @@ func (s *Switch) hold(kc *keeperClient, c syscall.Conn, info, kind string, opts 
 	}
 	s.keep(kc, id, opts)
 	return id
+}
+
+// takeBack gives a port about to be attached with opts for the kept
+// connection k what it had: its port number (unless opts asks for one)
+// and its VLANs; and keeps the keeper's record of it up to date.
+func (s *Switch) takeBack(kc *keeperClient, k keptConn, opts *PortOptions) {
+	if opts.ID == 0 {
+		opts.ID = k.Port
+	}
+	if k.VLAN != 0 {
+		opts.VLAN, opts.Trunk = k.VLAN, k.Trunk
+	}
+	s.keep(kc, k.id, opts)
 }
 
 // keep makes a port attached with opts keep the keeper's record of it

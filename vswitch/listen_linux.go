@@ -131,11 +131,8 @@ func (s *Switch) ListenBESS(path string, o ListenOptions) error {
 	}
 	kc := s.keeperClient()
 	for _, k := range s.takeKept(func(k keptConn) bool { return k.Kind == "" || k.Kind == "bess" }) {
-		opts := PortOptions{Kind: "bess", Peer: k.info, VLAN: o.VLAN, Trunk: o.Trunk, ID: k.Port}
-		if k.VLAN != 0 {
-			opts.VLAN, opts.Trunk = k.VLAN, k.Trunk
-		}
-		s.keep(kc, k.id, &opts)
+		opts := PortOptions{Kind: "bess", Peer: k.info, VLAN: o.VLAN, Trunk: o.Trunk}
+		s.takeBack(kc, k, &opts)
 		id, err := s.Attach(k.file, opts)
 		if err != nil {
 			s.warn.warn("attach", "cannot attach a kept BESS connection", "sock", path, "peer", k.info, "err", err)

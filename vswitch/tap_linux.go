@@ -38,13 +38,7 @@ func (s *Switch) AttachTAP(name string, opts PortOptions) (int, error) {
 			kc.drop(extra.id)
 		}
 		f, kid = k.file, k.id
-		if opts.ID == 0 {
-			opts.ID = k.Port
-		}
-		if k.VLAN != 0 {
-			opts.VLAN, opts.Trunk = k.VLAN, k.Trunk
-		}
-		s.keep(kc, kid, &opts)
+		s.takeBack(kc, k, &opts)
 		s.log.Info("tap device taken back from the keeper", "tap", name)
 	} else {
 		fd, _, err := hostnet.OpenTap(name, unix.O_NONBLOCK)

@@ -125,7 +125,7 @@ While it runs, 'umlkit switch ports|macs|stats' show its state and
 	f.IntVar(&o.queue, "queue", vswitch.DefaultQueueLen, "output queue of each port, in frames")
 	f.StringArrayVar(&o.taps, "tap", nil, "add host TAP device `NAME` as a port, creating it if needed (repeatable)")
 	f.BoolVar(&o.noKeeper, "no-keeper", false, "do not keep BESS connections and TAP devices in a keeper process across restarts")
-	f.DurationVar(&o.keepIdle, "keeper-idle", 10*time.Second, "a keeper with nothing to hold and no switch exits after this long")
+	f.DurationVar(&o.keepIdle, "keeper-idle", 10*time.Second, "a keeper with no switch lets go of TAP devices after this long, and exits once it holds nothing")
 	f.BoolVar(&o.logJSON, "log-json", false, "log JSON lines instead of text")
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "log debug messages too")
 	cmd.AddCommand(

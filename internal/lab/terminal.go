@@ -141,7 +141,7 @@ func OpenTerminals(l *Lab, p TerminalPlan, exe string) error {
 		cmd.Stdout, cmd.Stderr = log, log
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		if err := cmd.Run(); err != nil {
-			errs = append(errs, fmt.Errorf("device %s: open a terminal with %s=%q: %w (see %s)", t.Node, EnvTerminal, p.Command, err, logPath))
+			errs = append(errs, fmt.Errorf("node %s: open a terminal with %s=%q: %w (see %s)", t.Node, EnvTerminal, p.Command, err, logPath))
 		}
 	}
 	return errors.Join(errs...)
